@@ -1,0 +1,18 @@
+# The etcd-migrate image for users: the static binary and official etcd releases (sha256-pinned in
+# image/etcd-sha256.txt), on scratch: no shell, nothing else.
+#
+#   docker build --build-arg BUNDLED_ETCD_VERSIONS="3.5.11 3.5.12" --build-arg USER=65532:65532 -t etcd-migrate .
+#
+# Where no registry can be reached, stage locally and build the same final stage from the staged dir:
+#   image/stage.sh --source packages OUT && docker build -f image/Dockerfile.staged OUT
+FROM rust:1-bookworm AS builder
+ARG BUNDLED_ETCD_VERSIONS="3.5.12"
+WORKDIR /src
+COPY . .
+RUN BUNDLED_ETCD_VERSIONS="$BUNDLED_ETCD_VERSIONS" image/stage.sh --source official /stage
+
+FROM scratch
+COPY --from=builder /stage/rootfs/ /
+ARG USER=0:0
+USER ${USER}
+ENTRYPOINT ["/usr/local/bin/etcd-migrate"]

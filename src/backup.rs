@@ -1,0 +1,474 @@
+//! Full, verified backups of the data directory, taken before anything that cannot be undone.
+//!
+//! A backup is a sibling directory `<data-dir-name>-backup-<version>-<storage>-<UTC time>` (mode 0700)
+//! holding a copy of the data dir and a manifest with a digest of every file. The copy is written to
+//! `<name>.partial`, fsynced, read back and checked against the digest computed while copying, and only
+//! then renamed into place, so a backup that exists is a backup that was verified. The newest
+//! `--backup-retention` backups are kept; the old image's defect of deleting the backup it had just made
+//! cannot happen, because retention never touches the newest.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::data_dir::STATE_DIR;
+use crate::swap;
+use crate::version_file::sync_dir;
+
+const MANIFEST: &str = "BACKUP-MANIFEST.json";
+const PARTIAL: &str = ".partial";
+const BUFFER: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct BackupPolicy {
+    /// The directory that holds the backups (by default the data dir's parent).
+    pub backup_dir: PathBuf,
+    /// How many backups of this data dir to keep, at least 1.
+    pub retention: usize,
+}
+
+/// A complete, verified backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backup {
+    pub path: PathBuf,
+    pub label: String,
+    pub source: PathBuf,
+    pub created_unix: u64,
+    pub files: u64,
+    pub bytes: u64,
+    /// XXH3-128 over every file's relative path, size and content hash, in path order.
+    pub digest: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("backup {path} does not match its source ({what}): the copy is not trustworthy")]
+    Mismatch { path: PathBuf, what: String },
+    #[error("{path} is not a complete backup: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io { path: path.to_path_buf(), source }
+}
+
+fn data_dir_name(data_dir: &Path) -> String {
+    data_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into())
+}
+
+/// Copies the data dir into a new verified backup, then applies retention.
+pub fn create(data_dir: &Path, label: &str, policy: &BackupPolicy) -> Result<Backup, BackupError> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let base = format!("{}-backup-{label}-{}", data_dir_name(data_dir), utc_stamp(now.as_secs()));
+    let mut path = policy.backup_dir.join(&base);
+    for n in 1.. {
+        if !path.exists() && !partial(&path).exists() {
+            break;
+        }
+        path = policy.backup_dir.join(format!("{base}-{n}"));
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&policy.backup_dir)
+        .map_err(io_error(&policy.backup_dir))?;
+    let staging = partial(&path);
+    let result = copy_and_verify(data_dir, &staging).and_then(|(files, bytes, digest)| {
+        let backup = Backup {
+            path: path.clone(),
+            label: label.to_string(),
+            source: data_dir.to_path_buf(),
+            created_unix: now.as_secs(),
+            files,
+            bytes,
+            digest,
+        };
+        write_synced(
+            &staging.join(MANIFEST),
+            &serde_json::to_vec_pretty(&backup).expect("a manifest serializes"),
+        )?;
+        sync_dir(&staging).map_err(io_error(&staging))?;
+        crate::faults::pause("backup");
+        fs::rename(&staging, &path).map_err(io_error(&path))?;
+        sync_dir(&policy.backup_dir).map_err(io_error(&policy.backup_dir))?;
+        Ok(backup)
+    });
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    let backup = result?;
+    prune(data_dir, policy, &backup.path)?;
+    Ok(backup)
+}
+
+fn partial(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(PARTIAL);
+    PathBuf::from(name)
+}
+
+/// Complete backups of this data dir, newest first.
+pub fn list(data_dir: &Path, policy: &BackupPolicy) -> Result<Vec<PathBuf>, BackupError> {
+    let mut found: Vec<(u64, PathBuf)> = Vec::new();
+    let entries = match fs::read_dir(&policy.backup_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(&policy.backup_dir)(e)),
+    };
+    let prefix = format!("{}-backup-", data_dir_name(data_dir));
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix)
+            && !name.ends_with(PARTIAL)
+            && let Ok(backup) = read_manifest(&entry.path())
+        {
+            found.push((backup.created_unix, entry.path()));
+        }
+    }
+    found.sort_by(|a, b| b.cmp(a));
+    Ok(found.into_iter().map(|(_, path)| path).collect())
+}
+
+/// Removes backups beyond retention (never `keep`, the one just made) and partial copies a crash left.
+fn prune(data_dir: &Path, policy: &BackupPolicy, keep: &Path) -> Result<(), BackupError> {
+    let prefix = format!("{}-backup-", data_dir_name(data_dir));
+    for entry in fs::read_dir(&policy.backup_dir).map_err(io_error(&policy.backup_dir))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name.ends_with(PARTIAL) {
+            fs::remove_dir_all(entry.path()).map_err(io_error(&entry.path()))?;
+        }
+    }
+    for old in
+        list(data_dir, policy)?.into_iter().filter(|p| p != keep).skip(policy.retention.saturating_sub(1))
+    {
+        fs::remove_dir_all(&old).map_err(io_error(&old))?;
+    }
+    Ok(())
+}
+
+fn read_manifest(path: &Path) -> Result<Backup, BackupError> {
+    let manifest = path.join(MANIFEST);
+    let bytes = fs::read(&manifest).map_err(io_error(&manifest))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| BackupError::Invalid { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// Re-reads a backup and checks it against its manifest.
+pub fn verify(path: &Path) -> Result<Backup, BackupError> {
+    let backup = read_manifest(path)?;
+    let mut entries = Vec::new();
+    walk(path, path, &mut entries)?;
+    let mut tree = TreeDigest::default();
+    for entry in entries.iter().filter(|e| e.relative != Path::new(MANIFEST)) {
+        match entry.kind {
+            Kind::File => {
+                let (size, hash) = hash_file(&path.join(&entry.relative))?;
+                tree.add_file(&entry.relative, size, &hash);
+            }
+            Kind::Dir => tree.add_dir(&entry.relative),
+            Kind::Symlink => {
+                let target = fs::read_link(path.join(&entry.relative)).map_err(io_error(&entry.relative))?;
+                tree.add_symlink(&entry.relative, &target);
+            }
+        }
+    }
+    let (files, bytes, digest) = tree.finish();
+    if (files, bytes, digest.as_str()) != (backup.files, backup.bytes, backup.digest.as_str()) {
+        return Err(BackupError::Mismatch {
+            path: path.to_path_buf(),
+            what: format!("{files} files, {bytes} bytes, digest {digest}"),
+        });
+    }
+    Ok(backup)
+}
+
+/// Bytes one backup of the data dir takes.
+pub fn size_of(data_dir: &Path) -> Result<u64, BackupError> {
+    let mut entries = Vec::new();
+    walk(data_dir, data_dir, &mut entries)?;
+    Ok(entries.iter().map(|e| e.size).sum())
+}
+
+/// Replaces `member/` in the data dir with the backup's, atomically: the backup's member is verified,
+/// copied beside the live one, and swapped in; the old member is removed only after that.
+pub fn restore(backup: &Path, data_dir: &Path) -> Result<(), BackupError> {
+    verify(backup)?;
+    let work = data_dir.join(STATE_DIR).join("work").join("restore");
+    if work.exists() {
+        fs::remove_dir_all(&work).map_err(io_error(&work))?;
+    }
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(&work).map_err(io_error(&work))?;
+    copy_and_verify(&backup.join("member"), &work.join("member"))?;
+    if data_dir.join("member").exists() {
+        swap::swap_member(data_dir, &work).map_err(io_error(data_dir))?;
+    } else {
+        fs::rename(work.join("member"), data_dir.join("member")).map_err(io_error(data_dir))?;
+        sync_dir(data_dir).map_err(io_error(data_dir))?;
+    }
+    fs::remove_dir_all(&work).map_err(io_error(&work))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+struct Entry {
+    relative: PathBuf,
+    kind: Kind,
+    size: u64,
+    mode: u32,
+}
+
+/// Every entry under `dir`, in path order, skipping the migrator's own state dir at the top.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<Entry>) -> Result<(), BackupError> {
+    let mut entries: Vec<_> =
+        fs::read_dir(dir).map_err(io_error(dir))?.collect::<Result<_, _>>().map_err(io_error(dir))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let relative = path.strip_prefix(root).expect("under root").to_path_buf();
+        if relative == Path::new(STATE_DIR) {
+            continue;
+        }
+        let meta = fs::symlink_metadata(&path).map_err(io_error(&path))?;
+        let mode = meta.permissions().mode();
+        if meta.file_type().is_symlink() {
+            out.push(Entry { relative, kind: Kind::Symlink, size: 0, mode });
+        } else if meta.is_dir() {
+            out.push(Entry { relative, kind: Kind::Dir, size: 0, mode });
+            walk(root, &path, out)?;
+        } else {
+            out.push(Entry { relative, kind: Kind::File, size: meta.len(), mode });
+        }
+    }
+    Ok(())
+}
+
+/// The digest of a tree: each entry's relative path, kind, and for files size and content hash.
+#[derive(Default)]
+struct TreeDigest {
+    hasher: Xxh3,
+    files: u64,
+    bytes: u64,
+}
+
+impl TreeDigest {
+    fn add_file(&mut self, relative: &Path, size: u64, content: &[u8]) {
+        self.files += 1;
+        self.bytes += size;
+        self.hasher.update(format!("f {} {size} ", relative.display()).as_bytes());
+        self.hasher.update(content);
+        self.hasher.update(b"\n");
+    }
+
+    fn add_dir(&mut self, relative: &Path) {
+        self.hasher.update(format!("d {}\n", relative.display()).as_bytes());
+    }
+
+    fn add_symlink(&mut self, relative: &Path, target: &Path) {
+        self.hasher.update(format!("l {} {}\n", relative.display(), target.display()).as_bytes());
+    }
+
+    fn finish(self) -> (u64, u64, String) {
+        (self.files, self.bytes, format!("{:032x}", self.hasher.digest128()))
+    }
+}
+
+/// Copies `source` to `target` (which must not exist), hashing the source as it is read, fsyncs the
+/// copy, then re-reads it and compares. Returns (files, bytes, digest).
+fn copy_and_verify(source: &Path, target: &Path) -> Result<(u64, u64, String), BackupError> {
+    let mut entries = Vec::new();
+    walk(source, source, &mut entries)?;
+    fs::DirBuilder::new().mode(0o700).create(target).map_err(io_error(target))?;
+    let mut tree = TreeDigest::default();
+    let mut dirs = vec![target.to_path_buf()];
+    for entry in &entries {
+        let from = source.join(&entry.relative);
+        let to = target.join(&entry.relative);
+        match entry.kind {
+            Kind::Dir => {
+                fs::DirBuilder::new().mode(entry.mode & 0o7777).create(&to).map_err(io_error(&to))?;
+                tree.add_dir(&entry.relative);
+                dirs.push(to);
+            }
+            Kind::Symlink => {
+                let link = fs::read_link(&from).map_err(io_error(&from))?;
+                std::os::unix::fs::symlink(&link, &to).map_err(io_error(&to))?;
+                tree.add_symlink(&entry.relative, &link);
+            }
+            Kind::File => {
+                let (size, hash) = copy_file(&from, &to, entry.mode)?;
+                let (copied_size, copied_hash) = hash_file(&to)?;
+                if (copied_size, &copied_hash) != (size, &hash) {
+                    return Err(BackupError::Mismatch {
+                        path: to,
+                        what: format!("{copied_size} bytes read back of {size}"),
+                    });
+                }
+                tree.add_file(&entry.relative, size, &hash);
+            }
+        }
+    }
+    for dir in dirs.iter().rev() {
+        sync_dir(dir).map_err(io_error(dir))?;
+    }
+    Ok(tree.finish())
+}
+
+/// Copies one file through a buffer, hashing what it reads; fsyncs the copy.
+fn copy_file(from: &Path, to: &Path, mode: u32) -> Result<(u64, Vec<u8>), BackupError> {
+    let mut input = File::open(from).map_err(io_error(from))?;
+    let mut output =
+        OpenOptions::new().write(true).create_new(true).mode(mode & 0o7777).open(to).map_err(io_error(to))?;
+    let mut hasher = Xxh3::new();
+    let mut buffer = vec![0u8; BUFFER];
+    let mut size = 0u64;
+    loop {
+        let n = input.read(&mut buffer).map_err(io_error(from))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        output.write_all(&buffer[..n]).map_err(io_error(to))?;
+        size += n as u64;
+    }
+    output.sync_all().map_err(io_error(to))?;
+    Ok((size, hasher.digest128().to_le_bytes().to_vec()))
+}
+
+fn hash_file(path: &Path) -> Result<(u64, Vec<u8>), BackupError> {
+    let mut input = File::open(path).map_err(io_error(path))?;
+    let mut hasher = Xxh3::new();
+    let mut buffer = vec![0u8; BUFFER];
+    let mut size = 0u64;
+    loop {
+        let n = input.read(&mut buffer).map_err(io_error(path))?;
+        if n == 0 {
+            return Ok((size, hasher.digest128().to_le_bytes().to_vec()));
+        }
+        hasher.update(&buffer[..n]);
+        size += n as u64;
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), BackupError> {
+    let mut file = File::create(path).map_err(io_error(path))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io_error(path))
+}
+
+/// `YYYYMMDDTHHMMSSZ` for a Unix time (civil-from-days, proleptic Gregorian).
+fn utc_stamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("etcd-migrate-backup-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn sample_data_dir(root: &Path) -> PathBuf {
+        let data = root.join("data");
+        fs::create_dir_all(data.join("member/snap")).unwrap();
+        fs::create_dir_all(data.join("member/wal")).unwrap();
+        fs::create_dir_all(data.join(".etcd-migrate/work")).unwrap();
+        fs::write(data.join("member/snap/db"), vec![7u8; 3 << 20]).unwrap();
+        fs::write(data.join("member/wal/0.wal"), b"wal").unwrap();
+        fs::write(data.join("member/empty"), b"").unwrap();
+        fs::write(data.join("version.txt"), b"3.4.23/etcd3\n").unwrap();
+        fs::write(data.join(".etcd-migrate/journal.json"), b"{}").unwrap();
+        std::os::unix::fs::symlink("snap/db", data.join("member/link")).unwrap();
+        data
+    }
+
+    #[test]
+    fn stamps_utc_times() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
+        assert_eq!(utc_stamp(1_795_999_999), "20261130T005319Z");
+    }
+
+    #[test]
+    fn copies_verifies_and_excludes_the_migrators_state() {
+        let root = temp("copy");
+        let data = sample_data_dir(&root);
+        let policy = BackupPolicy { backup_dir: root.clone(), retention: 3 };
+        let backup = create(&data, "3.4.23-etcd3", &policy).unwrap();
+        assert!(backup.path.file_name().unwrap().to_string_lossy().starts_with("data-backup-3.4.23-etcd3-"));
+        assert_eq!(fs::read(backup.path.join("member/snap/db")).unwrap(), vec![7u8; 3 << 20]);
+        assert_eq!(fs::read_link(backup.path.join("member/link")).unwrap(), PathBuf::from("snap/db"));
+        assert!(!backup.path.join(".etcd-migrate").exists());
+        assert_eq!(fs::metadata(&backup.path).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!((backup.files, backup.bytes), (4, (3 << 20) + 3 + 13));
+        assert_eq!(verify(&backup.path).unwrap(), backup);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn verify_catches_a_flipped_byte() {
+        let root = temp("flip");
+        let data = sample_data_dir(&root);
+        let backup = create(&data, "x", &BackupPolicy { backup_dir: root.clone(), retention: 1 }).unwrap();
+        let db = backup.path.join("member/snap/db");
+        let mut bytes = fs::read(&db).unwrap();
+        bytes[12345] ^= 1;
+        fs::write(&db, bytes).unwrap();
+        assert!(matches!(verify(&backup.path).unwrap_err(), BackupError::Mismatch { .. }));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn keeps_the_newest_and_sweeps_partial_copies() {
+        let root = temp("retention");
+        let data = sample_data_dir(&root);
+        let policy = BackupPolicy { backup_dir: root.clone(), retention: 2 };
+        fs::create_dir_all(root.join("data-backup-old-19700101T000000Z.partial")).unwrap();
+        let made: Vec<PathBuf> =
+            (0..4).map(|i| create(&data, &format!("v{i}"), &policy).unwrap().path).collect();
+        let kept = list(&data, &policy).unwrap();
+        assert_eq!(kept.len(), 2);
+        assert!(kept.contains(&made[3]) && kept.contains(&made[2]), "{kept:?}");
+        assert!(!root.join("data-backup-old-19700101T000000Z.partial").exists());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn restore_brings_back_the_member_exactly() {
+        let root = temp("restore");
+        let data = sample_data_dir(&root);
+        let backup = create(&data, "x", &BackupPolicy { backup_dir: root.clone(), retention: 1 }).unwrap();
+        fs::write(data.join("member/snap/db"), b"converted").unwrap();
+        fs::write(data.join("member/extra"), b"new").unwrap();
+        restore(&backup.path, &data).unwrap();
+        assert_eq!(fs::read(data.join("member/snap/db")).unwrap(), vec![7u8; 3 << 20]);
+        assert!(!data.join("member/extra").exists());
+        assert!(!data.join(".etcd-migrate/work/restore").exists());
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -1,0 +1,319 @@
+//! A minimal read-only reader of bbolt files, for etcd's `member/snap/db`.
+//!
+//! etcd records the cluster version it last ran at in bucket `cluster`, key `clusterVersion`. Reading it
+//! here, without etcd and without the file's lock (etcd may be running and holding it), lets the migrator
+//! cross-check `version.txt` against the data itself. Only what that needs is implemented: the meta pages,
+//! branch and leaf pages, overflow, and inline buckets; every offset is bounds-checked, so a damaged
+//! file is an error, never a panic or an endless walk.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::version::Version;
+
+const MAGIC: u32 = 0xED0C_DAED;
+const FORMAT_VERSION: u32 = 2;
+const PAGE_HEADER: usize = 16;
+const ELEMENT: usize = 16;
+const BRANCH_PAGE: u16 = 0x01;
+const LEAF_PAGE: u16 = 0x02;
+const META_PAGE: u16 = 0x04;
+const BUCKET_LEAF: u32 = 0x01;
+const BUCKET_HEADER: usize = 16;
+/// Deeper than any real tree (bbolt's fill factor gives depth ~log_50 of the key count).
+const MAX_DEPTH: usize = 64;
+const MAX_PAGE_SIZE: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BboltError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a bbolt database or is damaged: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// An open database: the file and the root of its newest valid transaction.
+struct Db {
+    file: File,
+    path: PathBuf,
+    page_size: usize,
+    page_count: u64,
+    root: u64,
+}
+
+/// A page's bytes (including overflow pages) or an inline bucket's page.
+struct Page {
+    bytes: Vec<u8>,
+}
+
+/// Where a bucket's tree starts.
+enum Root {
+    Page(u64),
+    Inline(Page),
+}
+
+impl Db {
+    fn open(path: &Path) -> Result<Db, BboltError> {
+        let file = File::open(path).map_err(|source| BboltError::Io { path: path.to_path_buf(), source })?;
+        let len =
+            file.metadata().map_err(|source| BboltError::Io { path: path.to_path_buf(), source })?.len();
+        let mut db = Db { file, path: path.to_path_buf(), page_size: 4096, page_count: 0, root: 0 };
+        let mut first = vec![0u8; PAGE_HEADER + 64];
+        db.read_at(&mut first, 0)?;
+        let page_size = u32_at(&first, PAGE_HEADER + 8) as usize;
+        if !(512..=MAX_PAGE_SIZE).contains(&page_size) || !page_size.is_power_of_two() {
+            return Err(db.corrupt(format!("page size {page_size}")));
+        }
+        db.page_size = page_size;
+        db.page_count = len / page_size as u64;
+        let metas = [db.meta(0), db.meta(1)];
+        let best = metas.iter().filter_map(|m| m.as_ref().ok()).max_by_key(|(txid, _)| *txid);
+        match best {
+            Some(&(_, root)) => {
+                db.root = root;
+                Ok(db)
+            }
+            None => Err(metas.into_iter().find_map(Result::err).expect("no valid meta means an error")),
+        }
+    }
+
+    /// The (txid, root pgid) of meta page `id`, if it is valid.
+    fn meta(&self, id: u64) -> Result<(u64, u64), BboltError> {
+        let mut page = vec![0u8; PAGE_HEADER + 64];
+        self.read_at(&mut page, id * self.page_size as u64)?;
+        let meta = &page[PAGE_HEADER..];
+        if u16_at(&page, 8) & META_PAGE == 0 || u32_at(meta, 0) != MAGIC || u32_at(meta, 4) != FORMAT_VERSION
+        {
+            return Err(self.corrupt(format!("meta page {id} has no bbolt magic")));
+        }
+        if fnv64a(&meta[..56]) != u64_at(meta, 56) {
+            return Err(self.corrupt(format!("meta page {id} fails its checksum")));
+        }
+        Ok((u64_at(meta, 48), u64_at(meta, 16)))
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BboltError> {
+        self.file.read_exact_at(buf, offset).map_err(|source| match source.kind() {
+            std::io::ErrorKind::UnexpectedEof => self.corrupt(format!("truncated at offset {offset}")),
+            _ => BboltError::Io { path: self.path.clone(), source },
+        })
+    }
+
+    fn corrupt(&self, reason: String) -> BboltError {
+        BboltError::Corrupt { path: self.path.clone(), reason }
+    }
+
+    fn page(&self, id: u64) -> Result<Page, BboltError> {
+        if id < 2 || id >= self.page_count {
+            return Err(self.corrupt(format!("page {id} out of range")));
+        }
+        let offset = id * self.page_size as u64;
+        let mut header = [0u8; PAGE_HEADER];
+        self.read_at(&mut header, offset)?;
+        let pages = 1 + u32_at(&header, 12) as u64;
+        if id + pages > self.page_count {
+            return Err(self.corrupt(format!("page {id} overflows the file")));
+        }
+        let mut bytes = vec![0u8; pages as usize * self.page_size];
+        self.read_at(&mut bytes, offset)?;
+        Ok(Page { bytes })
+    }
+
+    fn root_page(&self, root: &Root) -> Result<Page, BboltError> {
+        match root {
+            Root::Page(id) => self.page(*id),
+            Root::Inline(page) => Ok(Page { bytes: page.bytes.clone() }),
+        }
+    }
+
+    /// The value of `key` in the tree at `root`, with its leaf flags.
+    fn get(&self, root: &Root, key: &[u8]) -> Result<Option<(u32, Vec<u8>)>, BboltError> {
+        let mut page = self.root_page(root)?;
+        for _ in 0..MAX_DEPTH {
+            let elements = page.elements(self)?;
+            if page.flags() & LEAF_PAGE != 0 {
+                for element in elements {
+                    if page.key(self, element)? == key {
+                        return Ok(Some((page.leaf_flags(element), page.value(self, element)?.to_vec())));
+                    }
+                }
+                return Ok(None);
+            }
+            if page.flags() & BRANCH_PAGE == 0 {
+                return Err(self.corrupt(format!("page of kind {:#x} in a tree", page.flags())));
+            }
+            // The child to descend into is the last whose first key is <= key.
+            let mut child = None;
+            for element in elements {
+                if page.key(self, element)? <= key || child.is_none() {
+                    child = Some(page.child(element));
+                } else {
+                    break;
+                }
+            }
+            match child {
+                Some(id) => page = self.page(id)?,
+                None => return Ok(None),
+            }
+        }
+        Err(self.corrupt("tree deeper than any real one".into()))
+    }
+
+    /// Counts the non-bucket entries in the tree at `root`.
+    fn count(&self, root: &Root) -> Result<u64, BboltError> {
+        let mut stack = vec![(self.root_page(root)?, 0usize)];
+        let mut count = 0u64;
+        let mut visited = 0u64;
+        while let Some((page, depth)) = stack.pop() {
+            visited += 1;
+            if depth > MAX_DEPTH || visited > self.page_count + 1 {
+                return Err(self.corrupt("tree walk does not end".into()));
+            }
+            let elements = page.elements(self)?;
+            if page.flags() & LEAF_PAGE != 0 {
+                count += elements.filter(|&e| page.leaf_flags(e) & BUCKET_LEAF == 0).count() as u64;
+            } else if page.flags() & BRANCH_PAGE != 0 {
+                for element in elements {
+                    stack.push((self.page(page.child(element))?, depth + 1));
+                }
+            } else {
+                return Err(self.corrupt(format!("page of kind {:#x} in a tree", page.flags())));
+            }
+        }
+        Ok(count)
+    }
+
+    /// The root of top-level bucket `name`.
+    fn bucket(&self, name: &[u8]) -> Result<Option<Root>, BboltError> {
+        let Some((flags, value)) = self.get(&Root::Page(self.root), name)? else { return Ok(None) };
+        if flags & BUCKET_LEAF == 0 || value.len() < BUCKET_HEADER {
+            return Err(self.corrupt(format!("{} is not a bucket", String::from_utf8_lossy(name))));
+        }
+        match u64_at(&value, 0) {
+            0 => Ok(Some(Root::Inline(Page { bytes: value[BUCKET_HEADER..].to_vec() }))),
+            id => Ok(Some(Root::Page(id))),
+        }
+    }
+}
+
+impl Page {
+    fn flags(&self) -> u16 {
+        u16_at(&self.bytes, 8)
+    }
+
+    /// Offsets of this page's elements, checked to lie within it.
+    fn elements(&self, db: &Db) -> Result<impl Iterator<Item = usize>, BboltError> {
+        let count = u16_at(&self.bytes, 10) as usize;
+        if PAGE_HEADER + count * ELEMENT > self.bytes.len() {
+            return Err(db.corrupt(format!("page claims {count} elements")));
+        }
+        Ok((0..count).map(|i| PAGE_HEADER + i * ELEMENT))
+    }
+
+    fn slice(&self, db: &Db, start: usize, len: usize) -> Result<&[u8], BboltError> {
+        start
+            .checked_add(len)
+            .and_then(|end| self.bytes.get(start..end))
+            .ok_or_else(|| db.corrupt(format!("element data at {start}+{len} lies outside its page")))
+    }
+
+    /// Branch elements: pos, ksize, pgid. Leaf elements: flags, pos, ksize, vsize. `pos` counts from the
+    /// element itself.
+    fn key(&self, db: &Db, element: usize) -> Result<&[u8], BboltError> {
+        let (pos, ksize) = if self.flags() & LEAF_PAGE != 0 {
+            (u32_at(&self.bytes, element + 4), u32_at(&self.bytes, element + 8))
+        } else {
+            (u32_at(&self.bytes, element), u32_at(&self.bytes, element + 4))
+        };
+        self.slice(db, element + pos as usize, ksize as usize)
+    }
+
+    fn value(&self, db: &Db, element: usize) -> Result<&[u8], BboltError> {
+        let pos = u32_at(&self.bytes, element + 4) as usize;
+        let ksize = u32_at(&self.bytes, element + 8) as usize;
+        let vsize = u32_at(&self.bytes, element + 12) as usize;
+        self.slice(db, element + pos + ksize, vsize)
+    }
+
+    fn leaf_flags(&self, element: usize) -> u32 {
+        u32_at(&self.bytes, element)
+    }
+
+    fn child(&self, element: usize) -> u64 {
+        u64_at(&self.bytes, element + 8)
+    }
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> u16 {
+    bytes.get(at..at + 2).map_or(0, |b| u16::from_le_bytes(b.try_into().unwrap()))
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    bytes.get(at..at + 4).map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    bytes.get(at..at + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
+}
+
+fn fnv64a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// The value of `key` in top-level bucket `bucket`; `None` if either is absent.
+pub fn read_value(db: &Path, bucket: &[u8], key: &[u8]) -> Result<Option<Vec<u8>>, BboltError> {
+    let db = Db::open(db)?;
+    let Some(root) = db.bucket(bucket)? else { return Ok(None) };
+    Ok(db.get(&root, key)?.map(|(_, value)| value))
+}
+
+/// The number of keys in top-level bucket `bucket` (0 if it is absent).
+pub fn count_keys(db: &Path, bucket: &[u8]) -> Result<u64, BboltError> {
+    let db = Db::open(db)?;
+    match db.bucket(bucket)? {
+        Some(root) => db.count(&root),
+        None => Ok(0),
+    }
+}
+
+/// The cluster version etcd last ran the data at (`3.4.0`), from bucket `cluster`, key `clusterVersion`.
+pub fn cluster_version(db: &Path) -> Result<Option<Version>, BboltError> {
+    let Some(value) = read_value(db, b"cluster", b"clusterVersion")? else { return Ok(None) };
+    let text = String::from_utf8_lossy(&value);
+    text.parse().map(Some).map_err(|_| BboltError::Corrupt {
+        path: db.to_path_buf(),
+        reason: format!("clusterVersion is {text:?}, not X.Y.Z"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("etcd-migrate-bbolt-{name}-{}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn rejects_files_that_are_not_bbolt_without_panicking() {
+        for (name, bytes) in [
+            ("empty", Vec::new()),
+            ("text", b"hello, this is not a database".repeat(400)),
+            ("zeros", vec![0u8; 16384]),
+        ] {
+            let path = temp_file(name, &bytes);
+            let err = cluster_version(&path).unwrap_err();
+            assert!(matches!(err, BboltError::Corrupt { .. }), "{name}: {err}");
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+
+    #[test]
+    fn fnv_matches_the_reference_vectors() {
+        assert_eq!(fnv64a(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv64a(b"a"), 0xaf63dc4c8601ec8c);
+    }
+}

@@ -1,0 +1,157 @@
+//! HTTP clients for etcd: health, the v2 keys API and the v3 JSON gateway, over one `Endpoint`.
+//!
+//! TLS material comes from the same etcd flags the operator gives the hidden etcd (`ETCD_CREDS`), so a
+//! secured member is checked with its own certificate, never with security turned off.
+
+pub mod health;
+pub mod v2;
+pub mod v3;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read TLS file {path}: {source}")]
+    TlsFile { path: PathBuf, source: std::io::Error },
+    #[error("bad TLS material: {0}")]
+    Tls(String),
+    #[error("{url}: {message}")]
+    Http { url: String, message: String },
+    #[error("{url}: unexpected answer: {message}")]
+    Protocol { url: String, message: String },
+}
+
+/// The TLS files named by etcd flags: the CA to trust and the client identity to present.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Reads `--trusted-ca-file`, `--cert-file` and `--key-file` out of etcd flags, in either the
+    /// `--flag=value` or the `--flag value` form.
+    pub fn from_etcd_args(args: &[String]) -> TlsFiles {
+        let mut files = TlsFiles::default();
+        let mut iter = args.iter().peekable();
+        while let Some(arg) = iter.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) => (flag, Some(value.to_string())),
+                None => (arg.as_str(), None),
+            };
+            let slot = match flag.trim_start_matches('-') {
+                "trusted-ca-file" => &mut files.ca,
+                "cert-file" => &mut files.cert,
+                "key-file" => &mut files.key,
+                _ => continue,
+            };
+            let value = inline.or_else(|| iter.next_if(|next| !next.starts_with("--")).cloned());
+            *slot = value.map(PathBuf::from);
+        }
+        files
+    }
+}
+
+/// One etcd client URL and an HTTP client configured for it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    base_url: String,
+    http: reqwest::Client,
+}
+
+/// Every request has a deadline: an etcd without quorum may otherwise hold a request forever. It is
+/// also the longest wait for the next bytes of any answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The deadline of a request whose answer is streamed (a snapshot, a whole v2 tree): such an answer may
+/// take long in total, but it must keep moving, as every read is still bounded by `REQUEST_TIMEOUT`.
+pub(crate) const STREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+impl Endpoint {
+    pub fn new(base_url: &str, tls: &TlsFiles) -> Result<Endpoint, ClientError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .read_timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(2))
+            .no_proxy();
+        if base_url.starts_with("https://") {
+            let read = |path: &PathBuf| {
+                std::fs::read(path).map_err(|source| ClientError::TlsFile { path: path.clone(), source })
+            };
+            builder = builder.use_rustls_tls();
+            if let Some(ca) = &tls.ca {
+                let ca = reqwest::Certificate::from_pem(&read(ca)?)
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+                builder = builder.add_root_certificate(ca).tls_built_in_root_certs(false);
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+                let mut pem = read(cert)?;
+                pem.push(b'\n');
+                pem.extend(read(key)?);
+                let identity =
+                    reqwest::Identity::from_pem(&pem).map_err(|e| ClientError::Tls(e.to_string()))?;
+                builder = builder.identity(identity);
+            }
+        }
+        let http = builder.build().map_err(|e| ClientError::Tls(e.to_string()))?;
+        Ok(Endpoint { base_url: base_url.trim_end_matches('/').to_string(), http })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// GETs `path` and parses its JSON body (any status: etcd answers `/health` with 503 and a body).
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let response = self.http.get(self.url(path)).send().await.map_err(|e| self.http_error(path, e))?;
+        let body = response.bytes().await.map_err(|e| self.http_error(path, e))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Protocol { url: self.url(path), message: e.to_string() })
+    }
+
+    pub fn http_error(&self, path: &str, error: reqwest::Error) -> ClientError {
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(inner) = source {
+            message = format!("{message}: {inner}");
+            source = inner.source();
+        }
+        ClientError::Http { url: self.url(path), message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_tls_files_from_etcd_flags_in_both_forms() {
+        let args: Vec<String> = [
+            "--cert-file=/c.pem",
+            "--key-file",
+            "/k.pem",
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            "/ca.pem",
+        ]
+        .map(String::from)
+        .to_vec();
+        let files = TlsFiles::from_etcd_args(&args);
+        assert_eq!(
+            files,
+            TlsFiles { ca: Some("/ca.pem".into()), cert: Some("/c.pem".into()), key: Some("/k.pem".into()) }
+        );
+        let peer_only: Vec<String> = ["--peer-cert-file=/p.pem"].map(String::from).to_vec();
+        assert_eq!(TlsFiles::from_etcd_args(&peer_only), TlsFiles::default());
+    }
+}

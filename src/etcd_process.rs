@@ -1,0 +1,321 @@
+//! Running a bundled etcd on the hidden ports: start it with a clean environment, wait until it is
+//! healthy, stop it. The process never outlives us: it gets `PR_SET_PDEATHSIG`, and dropping an
+//! `EtcdProcess` that was not stopped stops it (SIGTERM, then SIGKILL).
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::client::{ClientError, Endpoint, TlsFiles, health};
+
+/// How often health is polled: etcd becomes healthy about a second after start, so polling fast is
+/// what keeps a migration close to the time etcd itself needs.
+const HEALTH_POLL: Duration = Duration::from_millis(10);
+/// One health request's limit: a hung request must not eat the wait for the next one.
+const HEALTH_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+const LOG_LINES_KEPT: usize = 50;
+/// How long an exited etcd's last output may take to drain from its pipes into the log.
+const LOG_DRAIN: Duration = Duration::from_secs(1);
+/// How long a dropped (never stopped) etcd gets between SIGTERM and SIGKILL.
+const DROP_GRACE: Duration = Duration::from_secs(5);
+
+/// How to run one etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdSpec {
+    pub binary: PathBuf,
+    pub data_dir: PathBuf,
+    pub name: String,
+    /// Also advertised: the hidden etcd is only reached through it.
+    pub listen_client_urls: String,
+    pub listen_peer_urls: String,
+    pub initial_advertise_peer_urls: String,
+    pub initial_cluster: String,
+    /// `None`: etcd's default (`new`).
+    pub initial_cluster_state: Option<String>,
+    /// Serve the v2 API (`--enable-v2=true`): off by default from 3.4, on in 3.3, which accepts the flag.
+    pub enable_v2: bool,
+    /// Extra flags (`ETCD_CREDS`): TLS files and the like.
+    pub extra_args: Vec<String>,
+}
+
+impl EtcdSpec {
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--name={}", self.name),
+            format!("--data-dir={}", self.data_dir.display()),
+            format!("--listen-client-urls={}", self.listen_client_urls),
+            format!("--advertise-client-urls={}", self.listen_client_urls),
+            format!("--listen-peer-urls={}", self.listen_peer_urls),
+            format!("--initial-advertise-peer-urls={}", self.initial_advertise_peer_urls),
+            format!("--initial-cluster={}", self.initial_cluster),
+        ];
+        if let Some(state) = &self.initial_cluster_state {
+            args.push(format!("--initial-cluster-state={state}"));
+        }
+        if self.enable_v2 {
+            args.push("--enable-v2=true".into());
+        }
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+
+    /// The first client URL: the one health checks and clients use.
+    pub fn client_url(&self) -> &str {
+        self.listen_client_urls.split(',').next().unwrap_or_default().trim()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("cannot start {binary}: {source}")]
+    Spawn { binary: PathBuf, source: std::io::Error },
+    #[error(
+        "port {port} ({url}) is in use: a leftover etcd from a killed run may hold it; stop it (or free the port) and retry"
+    )]
+    PortInUse { port: u16, url: String },
+    #[error("etcd {binary} exited with {status}; its last lines:\n{}", .last_lines.join("\n"))]
+    Exited { binary: PathBuf, status: ExitStatus, last_lines: Vec<String> },
+    #[error("etcd {binary} was not healthy after {timeout:?}; its last lines:\n{}", .last_lines.join("\n"))]
+    Unhealthy { binary: PathBuf, timeout: Duration, last_lines: Vec<String> },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("waiting for etcd {binary}: {source}")]
+    Wait { binary: PathBuf, source: std::io::Error },
+}
+
+/// A running etcd.
+pub struct EtcdProcess {
+    spec: EtcdSpec,
+    child: Option<Child>,
+    endpoint: Endpoint,
+    log: Arc<Mutex<VecDeque<String>>>,
+    log_readers: Vec<JoinHandle<()>>,
+}
+
+impl EtcdProcess {
+    /// Starts etcd. The environment is ours minus every `ETCD_*` variable: etcd 3.4 and later refuse to
+    /// start when an option comes both as a flag and from the environment, and manifests set several.
+    pub async fn start(spec: EtcdSpec) -> Result<EtcdProcess, EtcdError> {
+        for url in spec.listen_client_urls.split(',').chain(spec.listen_peer_urls.split(',')) {
+            ensure_port_free(url.trim())?;
+        }
+        let endpoint = Endpoint::new(spec.client_url(), &TlsFiles::from_etcd_args(&spec.extra_args))?;
+        let mut command = Command::new(&spec.binary);
+        command
+            .args(spec.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCD_") {
+                command.env_remove(key);
+            }
+        }
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: prctl and getppid are async-signal-safe and touch no memory of ours.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Killed between fork and prctl: the signal will never come, so do not start etcd.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("the migrator died while starting etcd"));
+                }
+                Ok(())
+            });
+        }
+        let mut child =
+            command.spawn().map_err(|source| EtcdError::Spawn { binary: spec.binary.clone(), source })?;
+        let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_LINES_KEPT)));
+        let mut log_readers = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            log_readers.push(tokio::spawn(keep_lines(stdout, Arc::clone(&log))));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            log_readers.push(tokio::spawn(keep_lines(stderr, Arc::clone(&log))));
+        }
+        debug!(binary = %spec.binary.display(), pid = child.id(), "etcd started");
+        Ok(EtcdProcess { spec, child: Some(child), endpoint, log, log_readers })
+    }
+
+    /// Polls `/health` until etcd says it is healthy. Fails at once if etcd exits, or at `timeout`.
+    /// Reads only: a health check that wrote a key would change the data it is about to migrate.
+    pub async fn wait_healthy(&mut self, timeout: Duration) -> Result<(), EtcdError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("a running etcd has a child");
+            if let Some(status) = child.try_wait().map_err(|source| self.wait_error(source))? {
+                for reader in self.log_readers.drain(..) {
+                    let _ = tokio::time::timeout(LOG_DRAIN, reader).await;
+                }
+                return Err(EtcdError::Exited {
+                    binary: self.spec.binary.clone(),
+                    status,
+                    last_lines: self.last_log_lines(),
+                });
+            }
+            let request_timeout =
+                HEALTH_REQUEST_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+            if let Ok(Ok(true)) = tokio::time::timeout(request_timeout, health::check(&self.endpoint)).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(EtcdError::Unhealthy {
+                    binary: self.spec.binary.clone(),
+                    timeout,
+                    last_lines: self.last_log_lines(),
+                });
+            }
+            tokio::time::sleep(HEALTH_POLL).await;
+        }
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn spec(&self) -> &EtcdSpec {
+        &self.spec
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().and_then(Child::id).unwrap_or_default()
+    }
+
+    pub fn last_log_lines(&self) -> Vec<String> {
+        self.log.lock().map(|lines| lines.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Stops etcd: SIGTERM, then SIGKILL after `grace`; the child is always reaped. An etcd that exits
+    /// otherwise than cleanly (see [`is_clean_stop`]) or has to be killed is logged, not an error: it
+    /// is stopped either way, and what it wrote is checked by whoever reads the data next.
+    pub async fn stop(mut self, grace: Duration) -> Result<ExitStatus, EtcdError> {
+        let mut child = self.child.take().expect("a running etcd has a child");
+        if let Some(pid) = child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        let binary = self.spec.binary.display().to_string();
+        let status = match tokio::time::timeout(grace, child.wait()).await {
+            Ok(status) => status.map_err(|source| self.wait_error(source))?,
+            Err(_) => {
+                warn!(binary, "etcd did not stop within {grace:?}: killing it");
+                let _ = child.start_kill();
+                child.wait().await.map_err(|source| self.wait_error(source))?
+            }
+        };
+        if !is_clean_stop(&status) {
+            warn!(binary, %status, last_lines = ?self.last_log_lines(), "etcd did not exit cleanly when stopped");
+        }
+        Ok(status)
+    }
+
+    fn wait_error(&self, source: std::io::Error) -> EtcdError {
+        EtcdError::Wait { binary: self.spec.binary.clone(), source }
+    }
+}
+
+/// Whether etcd stopped as it does on SIGTERM: it re-raises the signal (a shell shows 143), or exits 0.
+pub fn is_clean_stop(status: &ExitStatus) -> bool {
+    status.signal() == Some(libc::SIGTERM) || matches!(status.code(), Some(0 | 143))
+}
+
+impl Drop for EtcdProcess {
+    /// An etcd that was never stopped (an error or a signal cut its step short) is stopped here, blocking
+    /// briefly: it must not outlive the migrator, and a clean stop beats SIGKILL. It is reaped too, so
+    /// that no zombie is left behind for whoever checks that it is gone.
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let Some(pid) = child.id() else { return };
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        if reaped_within(&mut child, DROP_GRACE) {
+            return;
+        }
+        warn!(binary = %self.spec.binary.display(), "etcd did not stop within {DROP_GRACE:?}: killing it");
+        let _ = child.start_kill();
+        reaped_within(&mut child, DROP_GRACE);
+    }
+}
+
+/// Polls (blocking: `Drop` cannot await) until the child has exited and is reaped, or `limit` passes.
+fn reaped_within(child: &mut Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+async fn keep_lines(stream: impl AsyncRead + Unpin, log: Arc<Mutex<VecDeque<String>>>) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        debug!(target: "etcd", "{line}");
+        if let Ok(mut log) = log.lock() {
+            if log.len() == LOG_LINES_KEPT {
+                log.pop_front();
+            }
+            log.push_back(line);
+        }
+    }
+}
+
+/// Fails when something already listens on the URL's port on this host.
+pub fn ensure_port_free(url: &str) -> Result<(), EtcdError> {
+    let Some(authority) = url.split("://").nth(1).map(|rest| rest.split('/').next().unwrap_or(rest)) else {
+        return Ok(());
+    };
+    let Some((host, port)) = authority.rsplit_once(':') else { return Ok(()) };
+    let Ok(port) = port.parse::<u16>() else { return Ok(()) };
+    let host = host.trim_matches(['[', ']']);
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs().map(Iterator::collect).unwrap_or_default();
+    for addr in addrs {
+        if let Err(e) = TcpListener::bind(addr)
+            && e.kind() == std::io::ErrorKind::AddrInUse
+        {
+            return Err(EtcdError::PortInUse { port, url: url.to_string() });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_port_is_reported_not_fought() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let err = ensure_port_free(&format!("http://127.0.0.1:{port}")).unwrap_err();
+        assert!(err.to_string().contains("leftover etcd"), "{err}");
+        drop(listener);
+        ensure_port_free(&format!("http://127.0.0.1:{port}")).unwrap();
+        ensure_port_free("unix://socket").unwrap();
+    }
+
+    #[test]
+    fn a_stop_by_sigterm_or_exit_0_is_clean() {
+        assert!(is_clean_stop(&ExitStatus::from_raw(libc::SIGTERM)), "killed by SIGTERM");
+        assert!(is_clean_stop(&ExitStatus::from_raw(0)));
+        assert!(is_clean_stop(&ExitStatus::from_raw(143 << 8)));
+        assert!(!is_clean_stop(&ExitStatus::from_raw(libc::SIGKILL)));
+        assert!(!is_clean_stop(&ExitStatus::from_raw(1 << 8)));
+    }
+}

@@ -1,0 +1,78 @@
+//! The hand-off: replace this process with the target etcd (same PID, so kubelet's signals reach etcd
+//! directly), keeping the operator's environment.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The command line of the final etcd: `--data-dir` first, then the operator's flags.
+pub fn etcd_command(binary: &Path, data_dir: &Path, etcd_args: &[String]) -> Vec<OsString> {
+    let mut argv =
+        vec![binary.as_os_str().to_owned(), OsString::from("--data-dir"), data_dir.as_os_str().to_owned()];
+    argv.extend(etcd_args.iter().map(OsString::from));
+    argv
+}
+
+/// The `ETCD_*` variables to drop: those whose flag is also on the command line. etcd 3.4 and later
+/// refuse to start when an option comes both ways; the flag is the operator's explicit choice.
+pub fn shadowed_variables(argv: &[OsString], env: &HashMap<String, String>) -> Vec<String> {
+    let flags: Vec<String> = argv
+        .iter()
+        .filter_map(|arg| arg.to_str()?.strip_prefix("--"))
+        .map(|flag| flag.split('=').next().unwrap_or(flag).replace('-', "_").to_uppercase())
+        .collect();
+    let mut shadowed: Vec<String> = env
+        .keys()
+        .filter(|var| var.strip_prefix("ETCD_").is_some_and(|name| flags.iter().any(|f| f == name)))
+        .cloned()
+        .collect();
+    shadowed.sort();
+    shadowed
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot exec {binary}: {source}")]
+pub struct ExecError {
+    pub binary: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// Execs etcd; returns only if that fails.
+pub fn exec(argv: &[OsString], env: &HashMap<String, String>) -> ExecError {
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    for var in shadowed_variables(argv, env) {
+        command.env_remove(var);
+    }
+    let source = command.exec();
+    ExecError { binary: PathBuf::from(&argv[0]), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_dir_comes_first_then_the_operator_flags() {
+        let argv =
+            etcd_command(Path::new("/bin/etcd-3.5.16"), Path::new("/d"), &["--name".into(), "m".into()]);
+        assert_eq!(argv, ["/bin/etcd-3.5.16", "--data-dir", "/d", "--name", "m"].map(OsString::from));
+    }
+
+    #[test]
+    fn drops_only_variables_that_a_flag_shadows() {
+        let argv =
+            ["/etcd", "--data-dir", "/d", "--name=m", "--listen-client-urls", "http://x"].map(OsString::from);
+        let env: HashMap<String, String> =
+            ["ETCD_NAME", "ETCD_DATA_DIR", "ETCD_LISTEN_CLIENT_URLS", "ETCD_QUOTA_BACKEND_BYTES", "NAME"]
+                .iter()
+                .map(|v| (v.to_string(), "x".to_string()))
+                .collect();
+        assert_eq!(
+            shadowed_variables(&argv, &env),
+            ["ETCD_DATA_DIR", "ETCD_LISTEN_CLIENT_URLS", "ETCD_NAME"]
+        );
+    }
+}

@@ -1,0 +1,24 @@
+//! etcd-migrate: moves a Kubernetes control plane's etcd data across etcd versions, then execs etcd.
+//!
+//! See ARCHITECTURE.md for how the modules fit together.
+
+pub mod backup;
+pub mod bbolt;
+pub mod client;
+pub mod config;
+pub mod data_dir;
+pub mod etcd_process;
+pub mod etcdctl;
+pub mod exec;
+pub mod faults;
+pub mod journal;
+pub mod logging;
+pub mod migrate;
+pub mod plan;
+pub mod preflight;
+pub mod report;
+pub mod steps;
+pub mod swap;
+pub mod verify;
+pub mod version;
+pub mod version_file;

@@ -1,0 +1,159 @@
+//! The run: lock the data dir, finish or undo what a dead run left, decide where the data stands, plan,
+//! check everything the plan needs, then take each step with a backup first where the plan says and
+//! `version.txt` rewritten after each, so a crash at any point resumes from the last completed step.
+
+use std::time::Instant;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::backup::{self, BackupError, BackupPolicy};
+use crate::config::Config;
+use crate::data_dir::{self, Current, DataDir, DataDirError, Facts};
+use crate::journal::{self, Journal, JournalError};
+use crate::plan::{self, Plan, PlanError};
+use crate::preflight::{self, PreflightError};
+use crate::steps::{self, Context, StepError};
+use crate::version::EtcdState;
+use crate::version_file::{self, VersionFileError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    VersionFile(#[from] VersionFileError),
+    #[error("backup failed, nothing was changed: {0}")]
+    Backup(#[from] BackupError),
+    #[error("step {step} failed: {source}; version.txt still says {at}{backup}")]
+    Step { step: plan::Step, at: EtcdState, backup: String, source: Box<StepError> },
+    #[error("recovering the unfinished step {step} failed: {source}")]
+    Recovery { step: plan::Step, source: Box<StepError> },
+    #[error(
+        "interrupted by {signal} during {step}; version.txt still says {at}; the next run resumes from there"
+    )]
+    Interrupted { signal: &'static str, step: plan::Step, at: EtcdState },
+}
+
+impl MigrateError {
+    /// 2 for bad configuration or input (nothing was changed), 1 for a step that failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            MigrateError::DataDir(_)
+            | MigrateError::Plan(_)
+            | MigrateError::Preflight(_)
+            | MigrateError::VersionFile(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Migrates the data dir to the configured target. On success `version.txt` names the target.
+pub async fn migrate(config: &Config) -> Result<(), MigrateError> {
+    let target = config.target();
+    preflight::check_target_binary(config)?;
+    let data_dir = DataDir::open_locked(&config.data_dir)?;
+    let ctx = Context { config, data_dir: &data_dir };
+    if let Some(mut unfinished) = journal::read(data_dir.path())? {
+        resume(&ctx, &mut unfinished).await?;
+    }
+    let facts = data_dir::inspect(data_dir.path())?;
+    let current = match data_dir::current(data_dir.path(), &facts, config.assume_current, None)? {
+        Current::Fresh => {
+            info!(target = %target, "no etcd data yet: starting at the target");
+            version_file::write(data_dir.path(), target)?;
+            return Ok(());
+        }
+        Current::At(current) => current,
+    };
+    if facts.version_file.is_none() {
+        warn!(current = %current, "no version.txt: taking the data to be {current}");
+    }
+    let plan = plan_for(config, current, &facts)?;
+    if plan.steps.is_empty() {
+        if facts.version_file.is_none() {
+            version_file::write(data_dir.path(), current)?;
+        }
+        return Ok(());
+    }
+    preflight::check(config, &plan)?;
+    info!(from = %current, to = %target, steps = plan.steps.len(), "migrating");
+    run_steps(&ctx, &plan).await
+}
+
+/// The plan from `current` to the target, with the extra rules for a member of a cluster. The one way
+/// both `migrate` and the read-only `plan` command plan.
+pub fn plan_for(config: &Config, current: EtcdState, facts: &Facts) -> Result<Plan, PlanError> {
+    let plan = plan::plan(current, config.target(), &config.bundled, &config.storage_media_type)?;
+    if config.is_cluster_member() {
+        plan::check_member_of_cluster(&plan, facts.db_minor)?;
+    }
+    Ok(plan)
+}
+
+async fn resume(ctx: &Context<'_>, unfinished: &mut Journal) -> Result<(), MigrateError> {
+    let step = unfinished.step;
+    let said = version_file::read(ctx.data_dir.path())?;
+    warn!(step = %step, "the last run died during {step}; recovering");
+    // A step whose version.txt was already written only lost its journal clean-up.
+    let complete = said == Some(step.after())
+        || steps::recover(ctx, unfinished)
+            .await
+            .map_err(|source| MigrateError::Recovery { step, source: Box::new(source) })?;
+    if complete && said != Some(step.after()) {
+        version_file::write(ctx.data_dir.path(), step.after())?;
+    }
+    ctx.data_dir.clear_work_dirs()?;
+    journal::clear(ctx.data_dir.path())?;
+    info!(step = %step, complete, "recovered");
+    Ok(())
+}
+
+async fn run_steps(ctx: &Context<'_>, plan: &Plan) -> Result<(), MigrateError> {
+    let data_dir = ctx.data_dir;
+    let policy =
+        BackupPolicy { backup_dir: ctx.config.backup_dir.clone(), retention: ctx.config.backup_retention };
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut backup = None;
+    for (index, &step) in plan.steps.iter().enumerate() {
+        let at = step.before();
+        if plan.backup_before(index) {
+            let label = at.to_string().replace('/', "-");
+            let made = backup::create(data_dir.path(), &label, &policy)?;
+            info!(path = %made.path.display(), bytes = made.bytes, files = made.files, "backup verified");
+            backup = Some(made.path);
+        }
+        let mut journal = Journal { step, backup: backup.clone(), rebuilt_inode: None };
+        journal::write(data_dir.path(), &journal)?;
+        info!(step = index + 1, of = plan.steps.len(), from = %at, to = %step.after(), "{} starting", step.name());
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            outcome = steps::run(ctx, step, &mut journal) => outcome,
+            _ = terminate.recv() => return Err(MigrateError::Interrupted { signal: "SIGTERM", step, at }),
+            _ = interrupt.recv() => return Err(MigrateError::Interrupted { signal: "SIGINT", step, at }),
+        };
+        outcome.map_err(|source| {
+            let backup = backup.as_ref().map(|b| format!("; backup at {}", b.display())).unwrap_or_default();
+            MigrateError::Step { step, at, backup, source: Box::new(source) }
+        })?;
+        version_file::write(data_dir.path(), step.after())?;
+        journal::clear(data_dir.path())?;
+        data_dir.clear_work_dirs()?;
+        info!(
+            step = index + 1,
+            from = %at,
+            to = %step.after(),
+            seconds = format_args!("{:.2}", started.elapsed().as_secs_f64()),
+            "{} done",
+            step.name()
+        );
+    }
+    Ok(())
+}

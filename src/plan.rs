@@ -1,0 +1,579 @@
+//! Planning: which steps take the data from its current state to the target. A pure function of its
+//! inputs (no files, no processes), so every path can be tested exhaustively without etcd.
+//!
+//! Rules, from etcd's own constraints:
+//! - etcd moves one minor at a time, upwards in place; each intermediate minor runs at its highest bundled
+//!   patch, the target's own version last.
+//! - Data opened by a newer minor is refused by an older one ("cluster cannot be downgraded"), so a
+//!   downgrade rebuilds the data one minor at a time from a snapshot.
+//! - v2-store data (`etcd2`) is converted with `etcdctl migrate`, which only etcdctl 3.0–3.4 have.
+//! - etcd3 → etcd2 is a logical copy, only sensible when the API server wrote JSON.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::version::{EtcdState, Minor, Storage, Version};
+
+/// The media type that an etcd2-era API server can read back; rollback to etcd2 requires it.
+pub const JSON_MEDIA_TYPE: &str = "application/json";
+
+/// One unit of work; after it completes, `version.txt` says [`Step::after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Step {
+    /// Start etcd `to` on the data dir until healthy, then stop it: a one-minor upgrade, or a patch change.
+    InPlace { from: EtcdState, to: EtcdState },
+    /// Convert v2-store data to the v3 store with `etcdctl-<at> migrate`, then reattach TTL keys to leases.
+    ConvertToEtcd3 { at: Version },
+    /// One-minor 3.x downgrade: snapshot the data with `source` (same minor as `from`), restore it with
+    /// `to`'s etcdctl into a new member dir, verify, swap.
+    Downgrade { from: EtcdState, source: Version, to: EtcdState },
+    /// etcd3 → etcd2: copy every key from the v3 store (read with `source`) into a fresh v2 store of `to`.
+    RollbackToEtcd2 { from: EtcdState, source: Version, to: EtcdState },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("target etcd {0} is not bundled: add etcd-{0} to the bin dir or pick a bundled target")]
+    TargetNotBundled(Version),
+    #[error(
+        "no bundled etcd {minor}.x: it is needed to {purpose}; bundle one (etcd moves one minor at a time)"
+    )]
+    MissingMinor { minor: Minor, purpose: &'static str },
+    #[error(
+        "converting etcd2 data to etcd3 needs a bundled etcd 3.0-3.4 between {from} and {to} (etcdctl migrate was removed in 3.5)"
+    )]
+    NoConverter { from: Version, to: Version },
+    #[error(
+        "rolling back to etcd2 needs STORAGE_MEDIA_TYPE={JSON_MEDIA_TYPE} (got {0}): an etcd2-era API server cannot read protobuf data; nothing was changed"
+    )]
+    RollbackNeedsJson(String),
+    #[error("cannot migrate {from} to {to}: {reason}")]
+    Unsupported { from: EtcdState, to: EtcdState, reason: &'static str },
+    #[error(
+        "this member's peers run the cluster at {cluster} and a member may be at most one minor ahead: upgrade every member to {next} first (one member at a time), then to {target}"
+    )]
+    AheadOfCluster { cluster: Minor, next: Minor, target: Minor },
+    #[error(
+        "{0} of a multi-member cluster cannot be done member by member: restore every member from one snapshot taken at the target version"
+    )]
+    NotMemberByMember(&'static str),
+}
+
+impl Step {
+    pub fn before(&self) -> EtcdState {
+        match *self {
+            Step::InPlace { from, .. }
+            | Step::Downgrade { from, .. }
+            | Step::RollbackToEtcd2 { from, .. } => from,
+            Step::ConvertToEtcd3 { at } => EtcdState::new(at, Storage::Etcd2),
+        }
+    }
+
+    pub fn after(&self) -> EtcdState {
+        match *self {
+            Step::InPlace { to, .. } | Step::Downgrade { to, .. } | Step::RollbackToEtcd2 { to, .. } => to,
+            Step::ConvertToEtcd3 { at } => EtcdState::new(at, Storage::Etcd3),
+        }
+    }
+
+    /// The etcd versions whose binaries (etcd and etcdctl) this step runs.
+    pub fn binaries(&self) -> Vec<Version> {
+        match *self {
+            Step::InPlace { to, .. } => vec![to.version],
+            Step::ConvertToEtcd3 { at } => vec![at],
+            Step::Downgrade { source, to, .. } | Step::RollbackToEtcd2 { source, to, .. } => {
+                vec![source, to.version]
+            }
+        }
+    }
+
+    /// Conversion rewrites the data dir in place and cannot be undone without a backup.
+    pub fn rewrites_in_place(&self) -> bool {
+        matches!(self, Step::ConvertToEtcd3 { .. })
+    }
+
+    /// Rebuilding steps build a new member beside the live one and swap it in.
+    pub fn rebuilds(&self) -> bool {
+        matches!(self, Step::Downgrade { .. } | Step::RollbackToEtcd2 { .. })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::InPlace { .. } => "in-place",
+            Step::ConvertToEtcd3 { .. } => "convert-to-etcd3",
+            Step::Downgrade { .. } => "downgrade",
+            Step::RollbackToEtcd2 { .. } => "rollback-to-etcd2",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} -> {}", self.name(), self.before(), self.after())
+    }
+}
+
+/// The steps from `current` to `target`, in order, with where backups go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub current: EtcdState,
+    pub target: EtcdState,
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    /// A full backup goes before the first step of a run, and again before any step that rewrites the
+    /// data dir in place or replaces its member (so every downgrade keeps what it replaced).
+    pub fn backup_before(&self, index: usize) -> bool {
+        let step = &self.steps[index];
+        index == 0 || step.rewrites_in_place() || step.rebuilds()
+    }
+}
+
+/// The extra rules for one member of a multi-member cluster, given the cluster version its data last
+/// saw (`member/snap/db`): it may only move up, in place, to at most one minor past that cluster version
+/// (etcd runs a cluster at its lowest member's minor); rebuilding or converting one member alone would
+/// split it from its peers.
+pub fn check_member_of_cluster(plan: &Plan, cluster: Option<Minor>) -> Result<(), PlanError> {
+    for step in &plan.steps {
+        match step {
+            Step::InPlace { .. } => {}
+            Step::ConvertToEtcd3 { .. } => return Err(PlanError::NotMemberByMember("converting etcd2 data")),
+            Step::Downgrade { .. } | Step::RollbackToEtcd2 { .. } => {
+                return Err(PlanError::NotMemberByMember("a downgrade"));
+            }
+        }
+    }
+    let (Some(cluster), Some(last)) = (cluster, plan.steps.last()) else { return Ok(()) };
+    let target = last.after().version.minor();
+    match cluster.next() {
+        Some(next) if target > next => Err(PlanError::AheadOfCluster { cluster, next, target }),
+        _ => Ok(()),
+    }
+}
+
+/// Plans the path from `current` to `target` using the `bundled` etcd versions.
+pub fn plan(
+    current: EtcdState,
+    target: EtcdState,
+    bundled: &[Version],
+    storage_media_type: &str,
+) -> Result<Plan, PlanError> {
+    let planner = Planner { bundled, current, target };
+    let steps = planner.steps(storage_media_type)?;
+    Ok(Plan { current, target, steps })
+}
+
+struct Planner<'a> {
+    bundled: &'a [Version],
+    current: EtcdState,
+    target: EtcdState,
+}
+
+impl Planner<'_> {
+    fn steps(&self, storage_media_type: &str) -> Result<Vec<Step>, PlanError> {
+        let (current, target) = (self.current, self.target);
+        if current == target {
+            return Ok(Vec::new());
+        }
+        for state in [current, target] {
+            if state.storage == Storage::Etcd3 && state.version.major < 3 {
+                return Err(self.unsupported("etcd3 storage needs etcd 3.x"));
+            }
+            if !(2..=3).contains(&state.version.major) {
+                return Err(self.unsupported("only etcd 2.x and 3.x are known"));
+            }
+        }
+        if !self.bundled.contains(&target.version) {
+            return Err(PlanError::TargetNotBundled(target.version));
+        }
+        let going_up = target.version.minor() >= current.version.minor();
+        let not_newer = target.version.minor() <= current.version.minor();
+        match (current.storage, target.storage) {
+            (from, to) if from == to && going_up => self.upgrade(current, target.version),
+            (Storage::Etcd3, Storage::Etcd3) => self.downgrade(),
+            (Storage::Etcd2, Storage::Etcd3) if going_up => self.convert(),
+            (Storage::Etcd3, Storage::Etcd2) if not_newer => self.rollback_to_etcd2(storage_media_type),
+            (Storage::Etcd2, Storage::Etcd2) => Err(self.unsupported(
+                "etcd2 data cannot move to an older minor; restore a backup taken at that version",
+            )),
+            (Storage::Etcd2, _) => Err(self.unsupported("etcd2 data cannot be converted while downgrading")),
+            (Storage::Etcd3, _) => {
+                Err(self.unsupported("etcd3 data cannot go back to etcd2 on a newer version"))
+            }
+        }
+    }
+
+    fn unsupported(&self, reason: &'static str) -> PlanError {
+        PlanError::Unsupported { from: self.current, to: self.target, reason }
+    }
+
+    /// The highest bundled patch of `minor`.
+    fn highest_patch(&self, minor: Minor) -> Option<Version> {
+        self.bundled.iter().copied().filter(|v| v.minor() == minor).max()
+    }
+
+    fn require_patch(&self, minor: Minor, purpose: &'static str) -> Result<Version, PlanError> {
+        self.highest_patch(minor).ok_or(PlanError::MissingMinor { minor, purpose })
+    }
+
+    /// In-place steps from `from` up to `to` within one storage: one per minor, then `to` itself.
+    fn upgrade(&self, from: EtcdState, to: Version) -> Result<Vec<Step>, PlanError> {
+        let storage = from.storage;
+        let mut steps = Vec::new();
+        let mut at = from;
+        let mut minor = from.version.minor();
+        while minor < to.minor() {
+            minor = minor.next().ok_or_else(|| self.unsupported("no known minor follows the current one"))?;
+            let version = if minor == to.minor() {
+                to
+            } else {
+                self.require_patch(minor, "pass through it on the way up")?
+            };
+            let next = EtcdState::new(version, storage);
+            steps.push(Step::InPlace { from: at, to: next });
+            at = next;
+        }
+        if at.version != to {
+            steps.push(Step::InPlace { from: at, to: EtcdState::new(to, storage) });
+        }
+        Ok(steps)
+    }
+
+    fn convert(&self) -> Result<Vec<Step>, PlanError> {
+        let (current, target) = (self.current, self.target);
+        let can_migrate = |v: &Version| v.major == 3 && v.minor <= 4;
+        let mut candidates = self
+            .bundled
+            .iter()
+            .copied()
+            .filter(|v| can_migrate(v) && v.minor() >= current.version.minor() && *v <= target.version);
+        let first_minor = candidates
+            .next()
+            .map(Version::minor)
+            .ok_or(PlanError::NoConverter { from: current.version, to: target.version })?;
+        let at = self.highest_patch(first_minor).expect("candidate minor is bundled");
+        let mut steps = self.upgrade(current, at)?;
+        steps.push(Step::ConvertToEtcd3 { at });
+        steps.extend(self.upgrade(EtcdState::new(at, Storage::Etcd3), target.version)?);
+        Ok(steps)
+    }
+
+    fn downgrade(&self) -> Result<Vec<Step>, PlanError> {
+        let (current, target) = (self.current, self.target);
+        if current.version.minor() == target.version.minor() {
+            return Ok(vec![Step::InPlace { from: current, to: target }]);
+        }
+        let mut steps = Vec::new();
+        let mut at = current;
+        let mut source =
+            self.require_patch(current.version.minor(), "read the current data for a downgrade")?;
+        while at.version.minor() > target.version.minor() {
+            let minor = at
+                .version
+                .minor()
+                .previous()
+                .ok_or_else(|| self.unsupported("no minor below the current one"))?;
+            if minor.major < 3 {
+                return Err(self.unsupported("etcd3 data cannot go below etcd 3.0"));
+            }
+            let version = if minor == target.version.minor() {
+                target.version
+            } else {
+                self.require_patch(minor, "pass through it on the way down")?
+            };
+            let next = EtcdState::new(version, Storage::Etcd3);
+            steps.push(Step::Downgrade { from: at, source, to: next });
+            at = next;
+            source = version;
+        }
+        Ok(steps)
+    }
+
+    fn rollback_to_etcd2(&self, storage_media_type: &str) -> Result<Vec<Step>, PlanError> {
+        if storage_media_type != JSON_MEDIA_TYPE {
+            return Err(PlanError::RollbackNeedsJson(storage_media_type.to_string()));
+        }
+        let source =
+            self.require_patch(self.current.version.minor(), "read the current data for a rollback")?;
+        Ok(vec![Step::RollbackToEtcd2 { from: self.current, source, to: self.target }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
+
+    fn state(s: &str) -> EtcdState {
+        s.parse().unwrap()
+    }
+
+    fn versions(list: &str) -> Vec<Version> {
+        list.split_whitespace().map(|v| v.parse().unwrap()).collect()
+    }
+
+    /// Renders a plan as `kind before->after` lines, the compact form the tests compare.
+    fn render(current: &str, target: &str, bundled: &str, media: &str) -> Result<Vec<String>, PlanError> {
+        let plan = plan(state(current), state(target), &versions(bundled), media)?;
+        Ok(plan.steps.iter().map(ToString::to_string).collect())
+    }
+
+    const BUNDLE: &str = "3.3.25 3.4.23 3.5.1 3.5.16";
+
+    #[test]
+    fn nothing_to_do_at_target() {
+        assert_eq!(render("3.5.16/etcd3", "3.5.16/etcd3", BUNDLE, PROTOBUF).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn upgrades_one_minor_at_a_time_with_the_highest_patch() {
+        assert_eq!(
+            render("3.3.25/etcd3", "3.5.16/etcd3", BUNDLE, PROTOBUF).unwrap(),
+            ["in-place 3.3.25/etcd3 -> 3.4.23/etcd3", "in-place 3.4.23/etcd3 -> 3.5.16/etcd3"]
+        );
+        assert_eq!(
+            render("3.3.25/etcd3", "3.5.1/etcd3", BUNDLE, PROTOBUF).unwrap(),
+            ["in-place 3.3.25/etcd3 -> 3.4.23/etcd3", "in-place 3.4.23/etcd3 -> 3.5.1/etcd3"]
+        );
+        assert_eq!(
+            render("3.3.1/etcd3", "3.4.23/etcd3", BUNDLE, PROTOBUF).unwrap(),
+            ["in-place 3.3.1/etcd3 -> 3.4.23/etcd3"]
+        );
+    }
+
+    #[test]
+    fn patch_changes_within_a_minor_are_one_step() {
+        assert_eq!(
+            render("3.5.1/etcd3", "3.5.16/etcd3", BUNDLE, PROTOBUF).unwrap(),
+            ["in-place 3.5.1/etcd3 -> 3.5.16/etcd3"]
+        );
+        assert_eq!(
+            render("3.5.16/etcd3", "3.5.1/etcd3", BUNDLE, PROTOBUF).unwrap(),
+            ["in-place 3.5.16/etcd3 -> 3.5.1/etcd3"]
+        );
+    }
+
+    #[test]
+    fn refuses_a_missing_intermediate_minor_before_anything() {
+        let err = render("3.3.25/etcd3", "3.5.16/etcd3", "3.3.25 3.5.16", PROTOBUF).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::MissingMinor { minor: Minor::new(3, 4), purpose: "pass through it on the way up" }
+        );
+        assert!(err.to_string().contains("no bundled etcd 3.4.x"));
+    }
+
+    #[test]
+    fn refuses_an_unbundled_target() {
+        let err = render("3.4.23/etcd3", "3.5.9/etcd3", BUNDLE, PROTOBUF).unwrap_err();
+        assert_eq!(err, PlanError::TargetNotBundled(Version::new(3, 5, 9)));
+    }
+
+    #[test]
+    fn converts_etcd2_at_the_first_version_with_migrate() {
+        assert_eq!(
+            render("3.3.25/etcd2", "3.5.16/etcd3", BUNDLE, PROTOBUF).unwrap(),
+            [
+                "convert-to-etcd3 3.3.25/etcd2 -> 3.3.25/etcd3",
+                "in-place 3.3.25/etcd3 -> 3.4.23/etcd3",
+                "in-place 3.4.23/etcd3 -> 3.5.16/etcd3",
+            ]
+        );
+        // Without 3.3 bundled, the data steps up in etcd2 mode and converts at 3.4.
+        assert_eq!(
+            render("3.3.25/etcd2", "3.5.16/etcd3", "3.4.23 3.5.16", PROTOBUF).unwrap(),
+            [
+                "in-place 3.3.25/etcd2 -> 3.4.23/etcd2",
+                "convert-to-etcd3 3.4.23/etcd2 -> 3.4.23/etcd3",
+                "in-place 3.4.23/etcd3 -> 3.5.16/etcd3",
+            ]
+        );
+        // An older patch converts at the highest bundled patch of its minor.
+        assert_eq!(
+            render("3.3.1/etcd2", "3.4.23/etcd3", BUNDLE, PROTOBUF).unwrap(),
+            [
+                "in-place 3.3.1/etcd2 -> 3.3.25/etcd2",
+                "convert-to-etcd3 3.3.25/etcd2 -> 3.3.25/etcd3",
+                "in-place 3.3.25/etcd3 -> 3.4.23/etcd3",
+            ]
+        );
+    }
+
+    #[test]
+    fn converts_from_etcd2_era_data_through_every_minor() {
+        assert_eq!(
+            render("2.2.1/etcd2", "3.1.20/etcd3", "2.3.7 3.0.17 3.1.20", PROTOBUF).unwrap(),
+            [
+                "in-place 2.2.1/etcd2 -> 2.3.7/etcd2",
+                "in-place 2.3.7/etcd2 -> 3.0.17/etcd2",
+                "convert-to-etcd3 3.0.17/etcd2 -> 3.0.17/etcd3",
+                "in-place 3.0.17/etcd3 -> 3.1.20/etcd3",
+            ]
+        );
+        let err = render("2.2.1/etcd2", "3.3.25/etcd3", BUNDLE, PROTOBUF).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::MissingMinor { minor: Minor::new(2, 3), purpose: "pass through it on the way up" }
+        );
+    }
+
+    #[test]
+    fn says_which_version_can_convert_when_none_is_bundled() {
+        let err = render("3.5.1/etcd2", "3.5.16/etcd3", BUNDLE, PROTOBUF).unwrap_err();
+        assert_eq!(err, PlanError::NoConverter { from: Version::new(3, 5, 1), to: Version::new(3, 5, 16) });
+        assert!(err.to_string().contains("3.0-3.4"));
+        assert!(render("3.4.23/etcd2", "3.5.16/etcd3", "3.5.16", PROTOBUF).is_err());
+    }
+
+    #[test]
+    fn upgrades_etcd2_data_in_etcd2_mode() {
+        assert_eq!(
+            render("3.3.25/etcd2", "3.4.23/etcd2", BUNDLE, PROTOBUF).unwrap(),
+            ["in-place 3.3.25/etcd2 -> 3.4.23/etcd2"]
+        );
+    }
+
+    #[test]
+    fn downgrades_one_minor_at_a_time_by_snapshot() {
+        assert_eq!(
+            render("3.5.16/etcd3", "3.3.25/etcd3", BUNDLE, PROTOBUF).unwrap(),
+            ["downgrade 3.5.16/etcd3 -> 3.4.23/etcd3", "downgrade 3.4.23/etcd3 -> 3.3.25/etcd3"]
+        );
+        let plan = plan(state("3.5.9/etcd3"), state("3.4.23/etcd3"), &versions(BUNDLE), PROTOBUF).unwrap();
+        assert_eq!(
+            plan.steps,
+            [Step::Downgrade {
+                from: state("3.5.9/etcd3"),
+                source: Version::new(3, 5, 16),
+                to: state("3.4.23/etcd3")
+            }]
+        );
+    }
+
+    #[test]
+    fn a_downgrade_needs_the_current_minor_to_read_the_data() {
+        let err = render("3.5.16/etcd3", "3.4.23/etcd3", "3.4.23", PROTOBUF).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::MissingMinor {
+                minor: Minor::new(3, 5),
+                purpose: "read the current data for a downgrade"
+            }
+        );
+        let err = render("3.5.16/etcd3", "3.3.25/etcd3", "3.3.25 3.5.16", PROTOBUF).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::MissingMinor { minor: Minor::new(3, 4), purpose: "pass through it on the way down" }
+        );
+    }
+
+    #[test]
+    fn rolls_back_to_etcd2_only_with_json_data() {
+        assert_eq!(
+            render("3.4.23/etcd3", "3.3.25/etcd2", BUNDLE, JSON_MEDIA_TYPE).unwrap(),
+            ["rollback-to-etcd2 3.4.23/etcd3 -> 3.3.25/etcd2"]
+        );
+        assert_eq!(
+            render("3.4.23/etcd3", "3.4.23/etcd2", BUNDLE, JSON_MEDIA_TYPE).unwrap(),
+            ["rollback-to-etcd2 3.4.23/etcd3 -> 3.4.23/etcd2"]
+        );
+        let err = render("3.4.23/etcd3", "3.3.25/etcd2", BUNDLE, PROTOBUF).unwrap_err();
+        assert_eq!(err, PlanError::RollbackNeedsJson(PROTOBUF.to_string()));
+        assert!(err.to_string().contains("application/json"));
+    }
+
+    #[test]
+    fn refuses_pairs_that_make_no_sense() {
+        for (current, target) in [
+            ("3.3.25/etcd3", "3.5.16/etcd2"),
+            ("3.5.16/etcd2", "3.3.25/etcd3"),
+            ("3.5.16/etcd2", "3.4.23/etcd2"),
+            ("2.2.1/etcd3", "3.5.16/etcd3"),
+            ("9.9.9/etcd3", "3.5.16/etcd3"),
+            ("3.4.23/etcd3", "2.3.7/etcd3"),
+        ] {
+            let bundle = format!("{BUNDLE} 2.3.7");
+            let err = render(current, target, &bundle, JSON_MEDIA_TYPE).unwrap_err();
+            assert!(matches!(err, PlanError::Unsupported { .. }), "{current} -> {target}: {err}");
+        }
+    }
+
+    /// Every pair of states over a grid of versions either plans or refuses; a plan always starts at the
+    /// current state, ends at the target, chains each step's before to the previous after, moves at most
+    /// one minor per step, and only runs bundled binaries.
+    #[test]
+    fn every_pair_plans_a_chain_or_refuses() {
+        let grid =
+            versions("2.2.1 2.3.7 3.3.30 3.0.17 3.1.20 3.2.32 3.3.1 3.3.25 3.4.23 3.5.1 3.5.16 3.6.0 3.7.1");
+        let bundles =
+            [BUNDLE, "2.3.7 3.0.17 3.1.20 3.2.32 3.3.25 3.4.23 3.5.16", "3.5.16", "3.3.25 3.5.16", ""];
+        let mut planned = 0;
+        for bundle in bundles {
+            let bundled = versions(bundle);
+            for &from in &grid {
+                for &to in &grid {
+                    for from_storage in [Storage::Etcd2, Storage::Etcd3] {
+                        for to_storage in [Storage::Etcd2, Storage::Etcd3] {
+                            let current = EtcdState::new(from, from_storage);
+                            let target = EtcdState::new(to, to_storage);
+                            for media in [PROTOBUF, JSON_MEDIA_TYPE] {
+                                if let Ok(plan) = plan(current, target, &bundled, media) {
+                                    planned += 1;
+                                    check_chain(&plan, &bundled);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(planned > 100, "only {planned} plans");
+    }
+
+    #[test]
+    fn a_cluster_member_moves_at_most_one_minor_past_its_cluster() {
+        let bundled = versions(BUNDLE);
+        let up = |from: &str, to: &str| plan(state(from), state(to), &bundled, PROTOBUF).unwrap();
+        let at_3_4 = Some(Minor::new(3, 4));
+        assert_eq!(check_member_of_cluster(&up("3.4.23/etcd3", "3.5.16/etcd3"), at_3_4), Ok(()));
+        assert_eq!(check_member_of_cluster(&up("3.4.23/etcd3", "3.4.23/etcd3"), at_3_4), Ok(()));
+        let err =
+            check_member_of_cluster(&up("3.3.25/etcd3", "3.5.16/etcd3"), Some(Minor::new(3, 3))).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::AheadOfCluster {
+                cluster: Minor::new(3, 3),
+                next: Minor::new(3, 4),
+                target: Minor::new(3, 5)
+            }
+        );
+        assert!(err.to_string().contains("upgrade every member to 3.4 first"));
+        let down = plan(state("3.5.16/etcd3"), state("3.4.23/etcd3"), &bundled, PROTOBUF).unwrap();
+        assert!(matches!(
+            check_member_of_cluster(&down, Some(Minor::new(3, 5))),
+            Err(PlanError::NotMemberByMember(_))
+        ));
+        let convert = plan(state("3.3.25/etcd2"), state("3.3.25/etcd3"), &bundled, PROTOBUF).unwrap();
+        assert!(matches!(check_member_of_cluster(&convert, None), Err(PlanError::NotMemberByMember(_))));
+    }
+
+    fn check_chain(plan: &Plan, bundled: &[Version]) {
+        let mut at = plan.current;
+        for step in &plan.steps {
+            assert_eq!(step.before(), at, "{plan:?}");
+            let (a, b) = (step.before().version.minor(), step.after().version.minor());
+            let one_minor = a == b || a.next() == Some(b) || b.next() == Some(a);
+            assert!(one_minor || matches!(step, Step::RollbackToEtcd2 { .. }), "{step} jumps minors");
+            for binary in step.binaries() {
+                assert!(bundled.contains(&binary), "{step} runs unbundled {binary}");
+            }
+            at = step.after();
+        }
+        assert_eq!(at, plan.target, "{plan:?}");
+        assert_eq!(plan.steps.is_empty(), plan.current == plan.target);
+    }
+}

@@ -1,0 +1,111 @@
+//! Preflight: everything a plan needs is checked before anything changes, so a bad bundle, a read-only
+//! or full disk, or a busy port is a one-line error with the data untouched.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::backup;
+use crate::config::Config;
+use crate::etcd_process::{self, EtcdError};
+use crate::plan::Plan;
+use crate::version::Version;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error("{path} is missing or not executable: bundle etcd {version} in the bin dir")]
+    MissingBinary { path: PathBuf, version: Version },
+    #[error("{path} --version does not report {version}: the bin dir holds the wrong binary")]
+    WrongBinary { path: PathBuf, version: Version },
+    #[error("{path} is not writable: {message}")]
+    NotWritable { path: PathBuf, message: String },
+    #[error(
+        "{path} has {free} bytes free but the plan's backups need {needed}: free space or set --backup-dir"
+    )]
+    NoSpace { path: PathBuf, free: u64, needed: u64 },
+    #[error(transparent)]
+    Port(#[from] EtcdError),
+    #[error("cannot size {path}: {message}")]
+    Size { path: PathBuf, message: String },
+}
+
+pub fn check(config: &Config, plan: &Plan) -> Result<(), PreflightError> {
+    let mut versions: Vec<Version> = plan.steps.iter().flat_map(|s| s.binaries()).collect();
+    versions.push(plan.target.version);
+    versions.sort();
+    versions.dedup();
+    // Each check starts a Go binary (tens of milliseconds); run them all at once.
+    std::thread::scope(|scope| {
+        let checks: Vec<_> = versions
+            .iter()
+            .flat_map(|&version| {
+                [
+                    (config.etcd_binary(version), "--version", version, "etcd Version: "),
+                    (config.etcdctl_binary(version), "version", version, "etcdctl version: "),
+                ]
+            })
+            .map(|(path, arg, version, prefix)| {
+                scope.spawn(move || check_binary(&path, arg, version, prefix))
+            })
+            .collect();
+        checks.into_iter().try_for_each(|check| check.join().expect("a binary check does not panic"))
+    })?;
+    check_writable(&config.data_dir)?;
+    let urls = config.listen_client_urls.split(',').chain(config.listen_peer_urls.split(','));
+    for url in urls {
+        etcd_process::ensure_port_free(url.trim())?;
+    }
+    std::fs::create_dir_all(&config.backup_dir).map_err(|e| PreflightError::NotWritable {
+        path: config.backup_dir.clone(),
+        message: e.to_string(),
+    })?;
+    check_writable(&config.backup_dir)?;
+    let backups = (0..plan.steps.len()).filter(|&i| plan.backup_before(i)).count() as u64;
+    let size = backup::size_of(&config.data_dir)
+        .map_err(|e| PreflightError::Size { path: config.data_dir.clone(), message: e.to_string() })?;
+    check_space(&config.backup_dir, size * backups)?;
+    // A rebuilding step holds a second copy of the data in the data dir's work area.
+    let rebuilds = plan.steps.iter().filter(|s| s.rebuilds()).count().min(1) as u64;
+    check_space(&config.data_dir, size * rebuilds)
+}
+
+/// Runs `path arg` (which prints the version and needs no server) and looks for `<prefix><version>`.
+/// The one check every run makes, even one with nothing to do: the etcd it will exec is there. A stat,
+/// not a run, to keep the no-op path fast.
+pub fn check_target_binary(config: &Config) -> Result<(), PreflightError> {
+    let version = config.target().version;
+    let path = config.etcd_binary(version);
+    let executable =
+        std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if executable { Ok(()) } else { Err(PreflightError::MissingBinary { path, version }) }
+}
+
+fn check_binary(path: &Path, arg: &str, version: Version, prefix: &str) -> Result<(), PreflightError> {
+    let missing = || PreflightError::MissingBinary { path: path.to_path_buf(), version };
+    let output = Command::new(path).arg(arg).env("ETCDCTL_API", "3").output().map_err(|_| missing())?;
+    let expected = format!("{prefix}{version}");
+    let reported = String::from_utf8_lossy(&output.stdout);
+    if reported.lines().any(|line| line.trim() == expected) {
+        Ok(())
+    } else {
+        Err(PreflightError::WrongBinary { path: path.to_path_buf(), version })
+    }
+}
+
+fn check_writable(dir: &Path) -> Result<(), PreflightError> {
+    let probe = dir.join(format!(".etcd-migrate-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"probe")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| PreflightError::NotWritable { path: dir.to_path_buf(), message: e.to_string() })
+}
+
+fn check_space(dir: &Path, needed: u64) -> Result<(), PreflightError> {
+    let stat = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| PreflightError::NotWritable { path: dir.to_path_buf(), message: e.to_string() })?;
+    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    if free < needed {
+        Err(PreflightError::NoSpace { path: dir.to_path_buf(), free, needed })
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,132 @@
+//! The read-only commands: `plan` (the steps a migration would take) and `status` (what is known of the
+//! data dir). Neither takes the lock nor writes anything.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::backup::{self, BackupPolicy};
+use crate::config::{Config, Format};
+use crate::data_dir::{self, Current, Facts};
+use crate::journal;
+use crate::migrate::{self, MigrateError};
+use crate::plan::Plan;
+
+/// Renders the plan from where the data stands to the target.
+pub fn plan(config: &Config) -> Result<String, MigrateError> {
+    let facts = data_dir::inspect(&config.data_dir)?;
+    let unfinished = journal::read(&config.data_dir)?;
+    let target = config.target();
+    let current = match data_dir::current(
+        &config.data_dir,
+        &facts,
+        config.assume_current,
+        unfinished.as_ref().map(|j| j.step.after()),
+    )? {
+        Current::Fresh => None,
+        Current::At(state) => Some(state),
+    };
+    let plan = current.map(|c| migrate::plan_for(config, c, &facts)).transpose()?;
+    let unfinished = unfinished.map(|j| j.step.to_string());
+    Ok(match config.output {
+        Format::Json => {
+            let steps: Vec<_> = plan.as_ref().map_or(Vec::new(), |p| {
+                p.steps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| json!({"step": s, "backup_first": p.backup_before(i)}))
+                    .collect()
+            });
+            let value = json!({
+                "data_dir": config.data_dir,
+                "current": current.map(|c| c.to_string()),
+                "target": target.to_string(),
+                "unfinished_step": unfinished,
+                "steps": steps,
+            });
+            format!("{value:#}\n")
+        }
+        Format::Text => render_plan_text(&config.data_dir, plan.as_ref(), unfinished.as_deref(), target),
+    })
+}
+
+fn render_plan_text(
+    dir: &Path,
+    plan: Option<&Plan>,
+    unfinished: Option<&str>,
+    target: crate::version::EtcdState,
+) -> String {
+    let mut out = format!("data dir: {}\n", dir.display());
+    if let Some(step) = unfinished {
+        out += &format!("unfinished step from a previous run: {step} (finished or undone first)\n");
+    }
+    let Some(plan) = plan else {
+        return out + &format!("no etcd data: version.txt will say {target}, no steps\n");
+    };
+    out += &format!("current: {}  target: {}\n", plan.current, plan.target);
+    if plan.steps.is_empty() {
+        return out + "already at target: no steps, etcd starts directly\n";
+    }
+    out += &format!("{:>3}  {:<18} {:<14} {:<14} {}\n", "#", "step", "from", "to", "backup first");
+    for (i, step) in plan.steps.iter().enumerate() {
+        let backup = if plan.backup_before(i) { "yes" } else { "" };
+        out += &format!(
+            "{:>3}  {:<18} {:<14} {:<14} {}\n",
+            i + 1,
+            step.name(),
+            step.before().to_string(),
+            step.after().to_string(),
+            backup
+        );
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct Status {
+    data_dir: String,
+    version_file: Option<String>,
+    has_member: bool,
+    db_cluster_version: Option<String>,
+    v3_revisions: u64,
+    unfinished_step: Option<String>,
+    backups: Vec<String>,
+}
+
+/// Renders what is known of the data dir.
+pub fn status(config: &Config) -> Result<String, MigrateError> {
+    let facts: Facts = data_dir::inspect(&config.data_dir)?;
+    let unfinished = journal::read(&config.data_dir)?.map(|j| j.step.to_string());
+    let policy = BackupPolicy { backup_dir: config.backup_dir.clone(), retention: config.backup_retention };
+    let backups = backup::list(&config.data_dir, &policy)?;
+    let status = Status {
+        data_dir: config.data_dir.display().to_string(),
+        version_file: facts.version_file.map(|v| v.to_string()),
+        has_member: facts.has_member,
+        db_cluster_version: facts.db_minor.map(|m| m.to_string()),
+        v3_revisions: facts.v3_revisions,
+        unfinished_step: unfinished,
+        backups: backups.iter().map(|b| b.display().to_string()).collect(),
+    };
+    Ok(match config.output {
+        Format::Json => format!("{:#}\n", serde_json::to_value(&status).expect("status serializes")),
+        Format::Text => {
+            let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+            let mut out = format!("data dir:        {}\n", status.data_dir);
+            out += &format!("version.txt:     {}\n", or_none(&status.version_file));
+            out += &format!("member/:         {}\n", if status.has_member { "present" } else { "absent" });
+            out += &format!(
+                "db says:         etcd {} ({} v3 revisions)\n",
+                or_none(&status.db_cluster_version),
+                status.v3_revisions
+            );
+            out += &format!("unfinished step: {}\n", or_none(&status.unfinished_step));
+            out += &format!("backups:         {}\n", status.backups.len());
+            for backup in &status.backups {
+                out += &format!("  {backup}\n");
+            }
+            out
+        }
+    })
+}

@@ -1,0 +1,215 @@
+//! Turning v2 TTLs into v3 leases after `etcdctl migrate`, which drops them.
+//!
+//! Better than Kubernetes' old attachlease (one flat lease for everything under the TTL directory): each
+//! key keeps what remained of its own TTL, capped by `--ttl-lease-duration`. Keys with close expiry share
+//! a lease (TTLs are rounded up to a granule of 1/120 of the cap, 30 s for 1 h), so a million events
+//! need at most 120 leases. Keys under the TTL directory that had no TTL get the cap, as attachlease
+//! gave them. Writes go in transactions of up to 128 puts, each guarded by the key's mod revision, over a
+//! paginated range, so memory does not grow with the keyspace.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tracing::info;
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::client::ClientError;
+use crate::client::v3::{KeyValue, MAX_TXN_OPS, ModRevisionIs, Op, V3Client, prefix_end};
+
+/// How often progress is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+const PAGE: i64 = 1024;
+
+/// The remaining TTL of every key that had one, keyed by a 128-bit hash of the key: 24 bytes a key
+/// instead of the key itself, so a million expiring keys cost tens of megabytes less.
+#[derive(Debug, Default)]
+pub struct RemainingTtls(HashMap<u128, i64>);
+
+impl RemainingTtls {
+    pub fn insert(&mut self, key: &str, ttl: i64) {
+        self.0.insert(xxh3_128(key.as_bytes()), ttl);
+    }
+
+    pub fn get(&self, key: &str) -> Option<i64> {
+        self.0.get(&xxh3_128(key.as_bytes())).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// What reattachment did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub keys: u64,
+    pub leases: u64,
+}
+
+/// Which TTLs the keys get.
+pub struct LeasePolicy<'a> {
+    /// Keys under this directory expire even if they had no TTL (Kubernetes events).
+    pub ttl_directory: &'a str,
+    /// Remaining TTL (seconds) of every key that had one, as read from the v2 store.
+    pub remaining: &'a RemainingTtls,
+    /// Time passed since `remaining` was read.
+    pub elapsed: Duration,
+    /// The longest lease.
+    pub cap: Duration,
+}
+
+impl LeasePolicy<'_> {
+    fn granule(&self) -> i64 {
+        (self.cap.as_secs() as i64 / 120).max(1)
+    }
+
+    /// The lease TTL for `key`, or `None` for a key that never expires.
+    pub fn lease_ttl(&self, key: &str) -> Option<i64> {
+        let cap = self.cap.as_secs() as i64;
+        let remaining = match self.remaining.get(key) {
+            Some(ttl) => (ttl - self.elapsed.as_secs() as i64).max(1),
+            None if key.starts_with(&format!("{}/", self.ttl_directory.trim_end_matches('/'))) => cap,
+            None => return None,
+        };
+        let granule = self.granule();
+        Some(((remaining + granule - 1) / granule * granule).min(cap).max(1))
+    }
+}
+
+/// Attaches every key under `prefix` that should expire to a lease.
+pub async fn attach(
+    client: &V3Client,
+    prefix: &str,
+    policy: &LeasePolicy<'_>,
+) -> Result<Attached, ClientError> {
+    let mut leases: HashMap<i64, i64> = HashMap::new();
+    let mut in_flight =
+        InFlight { txns: JoinSet::new(), attached: Attached::default(), client: client.clone() };
+    let started = Instant::now();
+    let mut last_report = started;
+    let start = prefix.as_bytes();
+    client
+        .for_each_page(start, &prefix_end(start), PAGE, async |kvs: Vec<KeyValue>| {
+            let mut batch: Vec<(ModRevisionIs, Op)> = Vec::new();
+            for kv in kvs {
+                let Some(ttl) = policy.lease_ttl(&String::from_utf8_lossy(&kv.key)) else { continue };
+                let lease = match leases.get(&ttl) {
+                    Some(&id) => id,
+                    None => {
+                        let id = client.lease_grant(ttl).await?;
+                        leases.insert(ttl, id);
+                        id
+                    }
+                };
+                let guard = ModRevisionIs { key: kv.key.clone(), mod_revision: kv.mod_revision };
+                batch.push((guard, Op::Put { key: kv.key, value: kv.value, lease }));
+            }
+            for chunk in batch.chunks(MAX_TXN_OPS) {
+                in_flight.send(chunk.iter().cloned().unzip()).await?;
+            }
+            if last_report.elapsed() >= PROGRESS_EVERY {
+                last_report = Instant::now();
+                let rate = in_flight.attached.keys as f64 / started.elapsed().as_secs_f64();
+                info!(keys = in_flight.attached.keys, rate = format_args!("{rate:.0}/s"), "attaching leases");
+            }
+            Ok(())
+        })
+        .await?;
+    let mut attached = in_flight.finish().await?;
+    attached.leases = leases.len() as u64;
+    let rate = attached.keys as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    info!(
+        keys = attached.keys,
+        leases = attached.leases,
+        rate = format_args!("{rate:.0}/s"),
+        "leases attached"
+    );
+    Ok(attached)
+}
+
+/// Transactions on their way, at most `MAX_IN_FLIGHT` at once. Keeping several in flight, across pages,
+/// lets etcd commit concurrent proposals in one raft batch and one WAL fsync: that is what makes
+/// reattachment fast, while the bound keeps memory flat.
+struct InFlight {
+    txns: JoinSet<Result<(bool, usize), ClientError>>,
+    attached: Attached,
+    client: V3Client,
+}
+
+const MAX_IN_FLIGHT: usize = 16;
+
+impl InFlight {
+    async fn send(&mut self, (guards, ops): (Vec<ModRevisionIs>, Vec<Op>)) -> Result<(), ClientError> {
+        while self.txns.len() >= MAX_IN_FLIGHT {
+            self.complete_one().await?;
+        }
+        let client = self.client.clone();
+        self.txns.spawn(async move { client.txn(&guards, &ops).await.map(|done| (done, ops.len())) });
+        Ok(())
+    }
+
+    async fn complete_one(&mut self) -> Result<(), ClientError> {
+        let Some(result) = self.txns.join_next().await else { return Ok(()) };
+        let failed = |message: String| ClientError::Protocol {
+            url: self.client.endpoint().base_url().to_string(),
+            message,
+        };
+        let (done, count) = result.map_err(|e| failed(e.to_string()))??;
+        if !done {
+            return Err(failed("a key changed while its lease was being attached".into()));
+        }
+        self.attached.keys += count as u64;
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<Attached, ClientError> {
+        while !self.txns.is_empty() {
+            self.complete_one().await?;
+        }
+        Ok(self.attached)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_remaining_ttls_rounded_up_to_a_granule_and_capped() {
+        let mut remaining = RemainingTtls::default();
+        for (key, ttl) in [
+            ("/registry/events/a", 100),
+            ("/registry/events/b", 7200),
+            ("/registry/masterleases/x", 15),
+            ("/registry/events/c", 3),
+        ] {
+            remaining.insert(key, ttl);
+        }
+        let policy = LeasePolicy {
+            ttl_directory: "/registry/events",
+            remaining: &remaining,
+            elapsed: Duration::from_secs(5),
+            cap: Duration::from_secs(3600),
+        };
+        assert_eq!(
+            policy.lease_ttl("/registry/events/a"),
+            Some(120),
+            "95 s left, rounded up to 30 s granules"
+        );
+        assert_eq!(policy.lease_ttl("/registry/events/b"), Some(3600), "capped");
+        assert_eq!(
+            policy.lease_ttl("/registry/masterleases/x"),
+            Some(30),
+            "a TTL outside the directory is kept"
+        );
+        assert_eq!(
+            policy.lease_ttl("/registry/events/c"),
+            Some(30),
+            "expired while converting: the shortest lease"
+        );
+        assert_eq!(policy.lease_ttl("/registry/events/no-ttl"), Some(3600), "the directory's keys expire");
+        assert_eq!(policy.lease_ttl("/registry/eventsx/y"), None);
+        assert_eq!(policy.lease_ttl("/registry/pods/p"), None);
+    }
+}

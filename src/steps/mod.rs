@@ -1,0 +1,139 @@
+//! The steps of a plan, each in its own module, and what they share: how to run a bundled etcd on the
+//! hidden ports for the member this data dir belongs to.
+
+mod convert;
+mod downgrade;
+mod in_place;
+mod leases;
+mod rollback;
+
+use std::path::Path;
+
+use tracing::info;
+
+use crate::backup::BackupError;
+use crate::client::ClientError;
+use crate::config::Config;
+use crate::data_dir::{DataDir, DataDirError};
+use crate::etcd_process::{EtcdError, EtcdProcess, EtcdSpec};
+use crate::etcdctl::EtcdctlError;
+use crate::journal::{self, Journal, JournalError};
+use crate::plan::Step;
+use crate::swap;
+use crate::verify::Summary;
+use crate::version::{Storage, Version};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Etcdctl(#[from] EtcdctlError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error("keys were lost or changed: before {before}, after {after}")]
+    Lost { before: Summary, after: Summary },
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What every step needs: the configuration and the locked data dir.
+pub struct Context<'a> {
+    pub config: &'a Config,
+    pub data_dir: &'a DataDir,
+}
+
+impl Context<'_> {
+    /// How to start etcd `version` on `data_dir` as this member, on the hidden ports. The v2 API is turned
+    /// on for etcd2 data (3.4 and later have it off by default; 3.3 accepts the flag).
+    pub fn etcd_spec(&self, version: Version, storage: Storage, data_dir: &Path) -> EtcdSpec {
+        let config = self.config;
+        EtcdSpec {
+            binary: config.etcd_binary(version),
+            data_dir: data_dir.to_path_buf(),
+            name: config.name.clone(),
+            listen_client_urls: config.listen_client_urls.clone(),
+            listen_peer_urls: config.listen_peer_urls.clone(),
+            initial_advertise_peer_urls: config.initial_advertise_peer_urls.clone(),
+            initial_cluster: config.initial_cluster.clone(),
+            initial_cluster_state: None,
+            enable_v2: storage == Storage::Etcd2,
+            extra_args: config.extra_args.clone(),
+        }
+    }
+
+    /// Starts etcd `version` on `data_dir` and waits until it is healthy.
+    pub async fn start_healthy(
+        &self,
+        version: Version,
+        storage: Storage,
+        data_dir: &Path,
+    ) -> Result<EtcdProcess, StepError> {
+        let mut etcd = EtcdProcess::start(self.etcd_spec(version, storage, data_dir)).await?;
+        etcd.wait_healthy(self.config.health_timeout).await?;
+        info!(version = %version, pid = etcd.pid(), "hidden etcd is healthy");
+        Ok(etcd)
+    }
+
+    pub async fn stop(&self, etcd: EtcdProcess) -> Result<(), StepError> {
+        etcd.stop(self.config.stop_grace).await?;
+        Ok(())
+    }
+}
+
+/// Swaps a rebuilt and verified member (`<work>/member`) in for the live one. The rebuilt member's inode
+/// goes into the journal first, so a run that dies mid-swap can tell which member is live.
+pub fn swap_in(ctx: &Context<'_>, journal: &mut Journal, work: &Path) -> Result<(), StepError> {
+    let rebuilt = work.join("member");
+    let io = |context: &str| {
+        let context = format!("{context} {}", rebuilt.display());
+        move |source| StepError::Io { context, source }
+    };
+    journal.rebuilt_inode = Some(swap::inode(&rebuilt).map_err(io("reading"))?);
+    journal::write(ctx.data_dir.path(), journal)?;
+    swap::swap_member(ctx.data_dir.path(), work).map_err(io("swapping in"))?;
+    info!(data_dir = %ctx.data_dir.path().display(), "rebuilt member swapped in");
+    Ok(())
+}
+
+/// Runs one step to completion. `journal` is the record written for it, which rebuilding steps update.
+pub async fn run(ctx: &Context<'_>, step: Step, journal: &mut Journal) -> Result<(), StepError> {
+    match step {
+        Step::InPlace { to, .. } => in_place::run(ctx, to).await,
+        Step::ConvertToEtcd3 { at } => convert::run(ctx, at, journal).await,
+        Step::Downgrade { from, source, to } => downgrade::run(ctx, from, source, to, journal).await,
+        Step::RollbackToEtcd2 { from, source, to } => rollback::run(ctx, from, source, to, journal).await,
+    }
+}
+
+/// Brings the data dir back to a state that `version.txt` tells the truth about, after a run died in
+/// the middle of `journal.step`. Returns whether the step turned out to be complete.
+pub async fn recover(ctx: &Context<'_>, journal: &mut Journal) -> Result<bool, StepError> {
+    match journal.step {
+        // Starting etcd on the data may already have moved it to the new minor: finish the step.
+        Step::InPlace { to, .. } => in_place::run(ctx, to).await.map(|()| true),
+        Step::ConvertToEtcd3 { .. } => convert::recover(ctx, journal).await,
+        Step::Downgrade { .. } | Step::RollbackToEtcd2 { .. } => recover_swap(ctx, journal),
+    }
+}
+
+/// A rebuilding step that died: if its rebuilt member was swapped in, the step is complete; otherwise the
+/// old member stands (the caller discards the work dir either way).
+fn recover_swap(ctx: &Context<'_>, journal: &Journal) -> Result<bool, StepError> {
+    let work = ctx.data_dir.state_dir().join("work").join(journal.step.name());
+    let swapped = match journal.rebuilt_inode {
+        Some(inode) => swap::swapped_in(ctx.data_dir.path(), &work, inode).map_err(|source| {
+            StepError::Io { context: format!("checking the swap in {}", work.display()), source }
+        })?,
+        None => false,
+    };
+    Ok(swapped)
+}

@@ -1,0 +1,120 @@
+//! `version.txt`: the one-line record of what the data directory holds, `X.Y.Z/etcdN`.
+//!
+//! It is the migrator's only claim about the data, so it is read strictly (a file that does not say
+//! exactly that is an error naming the file, never overwritten) and written atomically and durably: a
+//! temporary file in the same directory, fsync, rename, fsync of the directory. The old script wrote it
+//! with a plain redirect, so a full disk could leave it empty.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::version::EtcdState;
+
+pub const FILE_NAME: &str = "version.txt";
+const TEMP_NAME: &str = ".version.txt.tmp";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VersionFileError {
+    #[error(
+        "{path} is not a regular file: remove it or restore the data dir's version.txt (expected X.Y.Z/etcdN)"
+    )]
+    NotAFile { path: PathBuf },
+    #[error(
+        "{path} says {content:?}, expected X.Y.Z/etcdN (e.g. 3.4.23/etcd3): fix the file or set --assume-current-version"
+    )]
+    Invalid { path: PathBuf, content: String },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILE_NAME)
+}
+
+/// Reads the version file; `None` when there is none.
+pub fn read(data_dir: &Path) -> Result<Option<EtcdState>, VersionFileError> {
+    let path = path(data_dir);
+    let meta = match fs::symlink_metadata(&path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(VersionFileError::Read { path, source }),
+    };
+    if !meta.is_file() {
+        return Err(VersionFileError::NotAFile { path });
+    }
+    let bytes = fs::read(&path).map_err(|source| VersionFileError::Read { path: path.clone(), source })?;
+    let text = String::from_utf8_lossy(&bytes);
+    // The original shell script wrote the file with `echo`, so one trailing newline is part of the format.
+    let line = text.strip_suffix('\n').unwrap_or(&text);
+    line.parse()
+        .map(Some)
+        .map_err(|_| VersionFileError::Invalid { path, content: text.chars().take(64).collect() })
+}
+
+/// Replaces the version file atomically and durably.
+pub fn write(data_dir: &Path, state: EtcdState) -> Result<(), VersionFileError> {
+    let target = path(data_dir);
+    let temp = data_dir.join(TEMP_NAME);
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temp)?;
+        file.write_all(format!("{state}\n").as_bytes())?;
+        file.sync_all()?;
+        crate::faults::pause("version-file");
+        fs::rename(&temp, &target)?;
+        sync_dir(data_dir)
+    })();
+    result.map_err(|source| {
+        let _ = fs::remove_file(&temp);
+        VersionFileError::Write { path: target, source }
+    })
+}
+
+/// Makes a rename or a new entry in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("etcd-migrate-vf-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn writes_and_reads_back() {
+        let dir = temp_dir("rw");
+        assert_eq!(read(&dir).unwrap(), None);
+        let state: EtcdState = "3.4.23/etcd3".parse().unwrap();
+        write(&dir, state).unwrap();
+        assert_eq!(read(&dir).unwrap(), Some(state));
+        assert_eq!(fs::read_to_string(path(&dir)).unwrap(), "3.4.23/etcd3\n");
+        assert!(!dir.join(TEMP_NAME).exists());
+        fs::write(path(&dir), "3.5.16/etcd3").unwrap();
+        assert_eq!(read(&dir).unwrap(), Some("3.5.16/etcd3".parse().unwrap()));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_files_naming_them() {
+        let dir = temp_dir("bad");
+        for content in ["", "garbage", "3.4/etcd3", "3.4.23/etcd4", "3.4.23/etcd3 junk", "3.4.23/etcd3\n\n"] {
+            fs::write(path(&dir), content).unwrap();
+            let err = read(&dir).unwrap_err();
+            assert!(matches!(err, VersionFileError::Invalid { .. }), "{content:?}");
+            assert!(err.to_string().contains("version.txt"), "{err}");
+            assert!(err.to_string().contains("X.Y.Z/etcdN"), "{err}");
+        }
+        fs::remove_file(path(&dir)).unwrap();
+        fs::create_dir(path(&dir)).unwrap();
+        assert!(matches!(read(&dir).unwrap_err(), VersionFileError::NotAFile { .. }));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,218 @@
+//! The v2 and v3 clients, etcdctl and the bbolt reader against real etcd 3.3, 3.4 and 3.5.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use etcd_migrate::bbolt;
+use etcd_migrate::client::v2::V2Client;
+use etcd_migrate::client::v3::{MAX_TXN_OPS, Op, V3Client, prefix_end};
+use etcd_migrate::client::{ClientError, Endpoint, TlsFiles};
+use etcd_migrate::data_dir::db_path;
+use etcd_migrate::etcdctl::{Etcdctl, EtcdctlError, RestoreMember};
+use etcd_migrate::version::Version;
+use support::*;
+
+const KEYS: usize = 2500;
+
+#[test]
+fn v3_client_pages_batches_and_leases_and_bbolt_reads_what_etcd_wrote() {
+    for (version, minor) in [("3.3.25", 3), ("3.4.23", 4), ("3.5.16", 5)] {
+        let dir = TempDir::new("clients");
+        let data = dir.join("data");
+        let etcd = TestEtcd::start(version, &data);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let expected: BTreeSet<Vec<u8>> =
+            (0..KEYS).map(|i| format!("/registry/k/{i:05}").into_bytes()).collect();
+        let (seen, lease_keys) = rt.block_on(async {
+            let client = V3Client::connect(Endpoint::new(&etcd.client_url, &TlsFiles::default()).unwrap())
+                .await
+                .unwrap();
+            let ops: Vec<Op> =
+                expected.iter().map(|k| Op::Put { key: k.clone(), value: k.clone(), lease: 0 }).collect();
+            for batch in ops.chunks(MAX_TXN_OPS) {
+                assert!(client.txn(&[], batch).await.unwrap());
+            }
+            let one_too_many: Vec<Op> =
+                (0..=MAX_TXN_OPS).map(|i| Op::Delete { key: format!("/x/{i}").into_bytes() }).collect();
+            let refused = client.txn(&[], &one_too_many).await.unwrap_err();
+            assert!(refused.to_string().contains("too many operations"), "{version}: {refused}");
+            let lease = client.lease_grant(600).await.unwrap();
+            client.put(b"/registry/events/e1", b"event", lease).await.unwrap();
+            let info = client.lease_time_to_live(lease).await.unwrap();
+            assert_eq!(client.lease_ids().await.unwrap(), vec![lease]);
+            assert!(info.ttl > 0 && info.ttl <= 600, "{info:?}");
+
+            client.put(b"/registry/k/00007", b"rewritten", 0).await.unwrap();
+            let before_read = client.range_page(b"/", &[0], 1, 0).await.unwrap().revision;
+            let mut seen = Vec::new();
+            let mut pages = Vec::new();
+            let read_at = client
+                .for_each_page(b"/registry/k/", &prefix_end(b"/registry/k/"), 1000, async |kvs| {
+                    if pages.is_empty() {
+                        // Written after the first page: later pages are read at the first page's revision.
+                        client.put(b"/registry/k/99999", b"too late", 0).await?;
+                    }
+                    pages.push(kvs.len());
+                    for kv in kvs {
+                        let rewritten = kv.key == b"/registry/k/00007";
+                        assert_eq!(kv.value, if rewritten { b"rewritten".to_vec() } else { kv.key.clone() });
+                        assert_eq!(kv.version, if rewritten { 2 } else { 1 });
+                        assert!(kv.create_revision <= kv.mod_revision && kv.mod_revision <= before_read);
+                        seen.push(kv.key);
+                    }
+                    Ok::<(), ClientError>(())
+                })
+                .await
+                .unwrap();
+            assert_eq!(pages, [1000, 1000, 500], "{version}: {KEYS} keys in pages of 1000");
+            assert_eq!(read_at, before_read, "{version}: one revision for every page");
+            (seen, info.keys)
+        });
+        assert_eq!(
+            seen.iter().cloned().collect::<BTreeSet<_>>(),
+            expected,
+            "{version}: every key once, in order"
+        );
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(lease_keys, vec![b"/registry/events/e1".to_vec()]);
+
+        // bbolt: readable while etcd runs (no lock), then exactly after a clean stop.
+        assert_eq!(bbolt::cluster_version(&db_path(&data)).unwrap(), Some(Version::new(3, minor, 0)));
+        etcd.stop();
+        assert_eq!(
+            bbolt::count_keys(&db_path(&data), b"key").unwrap(),
+            KEYS as u64 + 3,
+            "{version}: one revision per put"
+        );
+        assert_eq!(bbolt::count_keys(&db_path(&data), b"no-such-bucket").unwrap(), 0);
+        assert_eq!(bbolt::read_value(&db_path(&data), b"cluster", b"nothing").unwrap(), None);
+    }
+}
+
+#[test]
+fn v2_client_sets_lists_with_ttls_and_deletes_trees() {
+    for version in ["3.3.25", "3.4.23", "3.5.16"] {
+        let dir = TempDir::new("v2");
+        let etcd = TestEtcd::start(version, &dir.join("data"));
+        let v2 = V2Client::new(etcd.endpoint());
+        let leaves = block_on(async {
+            v2.set("/registry/pods/default/a b", "plain ✓", None).await.unwrap();
+            v2.set("/registry/events/e1", "expiring", Some(600)).await.unwrap();
+            v2.set("/registry/deep/x/y/z", "&=%+?#", None).await.unwrap();
+            v2.set("/elsewhere/k", "outside", None).await.unwrap();
+            v2.leaves("/registry").await.unwrap()
+        });
+        let summary: Vec<(&str, &str, bool)> =
+            leaves.iter().map(|l| (l.key.as_str(), l.value.as_str(), l.ttl.is_some())).collect();
+        assert_eq!(
+            summary,
+            [
+                ("/registry/deep/x/y/z", "&=%+?#", false),
+                ("/registry/events/e1", "expiring", true),
+                ("/registry/pods/default/a b", "plain ✓", false),
+            ],
+            "{version}: leaves only, sorted, values exact"
+        );
+        let ttl = leaves[1].ttl.unwrap();
+        assert!(ttl > 0 && ttl <= 600, "{version}: {ttl}");
+
+        // Bytes that are not UTF-8 come back replaced: the reason the v2 side deals in text only.
+        let mangled = block_on(async {
+            let url = format!("{}/v2/keys/registry/binary", etcd.client_url);
+            let form = "value=k8s%00%FF%FEok";
+            let put =
+                etcd.endpoint().http().put(url).header("content-type", "application/x-www-form-urlencoded");
+            assert!(put.body(form).send().await.unwrap().status().is_success());
+            v2.leaves("/registry").await.unwrap().into_iter().find(|l| l.key == "/registry/binary").unwrap()
+        });
+        assert_eq!(mangled.value, "k8s\0\u{fffd}\u{fffd}ok", "{version}");
+
+        block_on(async {
+            v2.delete_tree("/registry").await.unwrap();
+            v2.delete_tree("/registry").await.unwrap();
+            assert_eq!(v2.leaves("/registry").await.unwrap(), []);
+            assert_eq!(v2.leaves("/elsewhere").await.unwrap().len(), 1, "{version}: other trees kept");
+        });
+    }
+}
+
+#[test]
+fn a_gateway_snapshot_restores_with_etcdctl_to_the_same_keys_and_leases() {
+    for version in ["3.3.25", "3.4.23", "3.5.16"] {
+        let dir = TempDir::new("snapshot");
+        let etcd = TestEtcd::start(version, &dir.join("data"));
+        let snapshot = dir.join("snapshot.db");
+        let (written, lease) = block_on(async {
+            let client = V3Client::connect(etcd.endpoint()).await.unwrap();
+            let status = client.status().await.unwrap();
+            assert_eq!((status.version.as_str(), status.leader != 0), (version, true), "{status:?}");
+            let members = client.member_list().await.unwrap();
+            let [member] = members.as_slice() else { panic!("{version}: one member, not {members:?}") };
+            assert_eq!(member.name, "m");
+            assert_eq!(
+                (member.peer_urls.as_slice(), member.client_urls.as_slice()),
+                (std::slice::from_ref(&etcd.peer_url), std::slice::from_ref(&etcd.client_url))
+            );
+
+            let lease = client.lease_grant(3600).await.unwrap();
+            for i in 0..300u32 {
+                // Binary values, as Kubernetes' protobuf encoding writes them, and a database of several chunks.
+                let value: Vec<u8> = [b"k8s\0".as_slice(), &i.to_le_bytes(), &[0xff; 2000]].concat();
+                client.put(format!("/registry/pods/p{i:03}").as_bytes(), &value, 0).await.unwrap();
+            }
+            client.put(b"/registry/events/e", b"leased", lease).await.unwrap();
+            let mut file = tokio::fs::File::create(&snapshot).await.unwrap();
+            (client.snapshot(&mut file).await.unwrap(), lease)
+        });
+        assert_eq!(written, std::fs::metadata(&snapshot).unwrap().len());
+        assert!(written > 600_000, "{version}: {written} bytes");
+        let before = etcd.v3_key_values();
+        etcd.stop();
+
+        let restored = dir.join("restored");
+        let peer_url = free_peer_url();
+        let initial_cluster = format!("m={peer_url}");
+        let member = RestoreMember {
+            name: "m",
+            initial_cluster: &initial_cluster,
+            initial_advertise_peer_urls: &peer_url,
+            skip_hash_check: false, // the stream's SHA-256 trailer made it into the file
+        };
+        block_on(Etcdctl::new(etcdctl_binary(version)).snapshot_restore(
+            &snapshot,
+            &restored,
+            &member,
+            Duration::from_secs(60),
+        ))
+        .unwrap();
+        let etcd = TestEtcd::start_with(version, &restored, "m", &peer_url, &[]);
+        assert_eq!(etcd.v3_key_values(), before, "{version}: keys, values, revisions, leases");
+        assert_eq!(before.len(), 301);
+        let leases = block_on(async { V3Client::connect(etcd.endpoint()).await.unwrap().lease_ids().await });
+        assert_eq!(leases.unwrap(), [lease], "{version}");
+    }
+}
+
+#[test]
+fn etcdctl_is_killed_at_its_timeout_when_it_would_wait_forever() {
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let args: Vec<String> = ["--endpoints", &nobody, "lease", "list"].map(String::from).to_vec();
+    for version in ["3.3.25", "3.4.23", "3.5.16"] {
+        let err = block_on(Etcdctl::new(etcdctl_binary(version)).run(&args, Duration::from_secs(8)))
+            .expect_err("etcdctl lease list never ends without a server");
+        assert!(matches!(err, EtcdctlError::TimedOut { .. }), "{version}: {err}");
+        assert_eq!(processes_mentioning(&nobody), 0, "{version}: killed and reaped");
+    }
+}
+
+/// How many processes have `text` in their command line.
+fn processes_mentioning(text: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(text))
+        .count()
+}

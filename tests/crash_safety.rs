@@ -1,0 +1,427 @@
+//! Crash safety against real etcd: the migrator SIGKILLed at many points of real multi-step migrations
+//! (etcd2 conversion and upgrades; downgrades), then rerun: every key, value and lease must come through
+//! and version.txt must tell the truth. Plus signals, bad version files, full and read-only disks,
+//! a corrupt WAL and a leftover etcd on the hidden ports.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_migrate::client::v2::V2Client;
+use support::*;
+
+const KILLS: u32 = 20;
+
+/// Processes whose command line mentions `dir` (hidden etcds working on it).
+fn processes_using(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&needle))
+        })
+        .collect()
+}
+
+/// Waits (bounded) until no process works on `dir`; the hidden etcd must not outlive the migrator. A
+/// process dying of its parent-death signal already shows an empty command line while its sockets are
+/// still closing, so a short settle follows before the rerun's preflight checks the ports.
+fn assert_no_process_left(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_using(dir).is_empty() {
+        assert!(Instant::now() < deadline, "processes outlived the migrator: {:?}", processes_using(dir));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(status.success());
+}
+
+/// One scenario: a template data dir, the migration to run on it, and how to check the result.
+struct Scenario {
+    name: &'static str,
+    template: TempDir,
+    peer: String,
+    args: Vec<String>,
+    final_version: &'static str,
+    keys: BTreeMap<String, Vec<u8>>,
+    leased: Vec<String>,
+}
+
+impl Scenario {
+    fn migrator(&self, data: &Path) -> Migrator {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Migrator::new(data, &self.peer).args(&args).args(&["--migrate-only"])
+    }
+
+    /// Checks a finished data dir; returns the number of keys checked.
+    fn check(&self, data: &Path) -> usize {
+        assert_eq!(version_txt(data), format!("{}/etcd3", self.final_version));
+        let etcd = TestEtcd::start_with(self.final_version, data, "m", &self.peer, &[]);
+        let found = etcd.all_keys();
+        assert_eq!(found, self.keys, "{}: keys or values differ", self.name);
+        let leased = etcd.leased_keys();
+        for key in &self.leased {
+            let (granted, remaining) = leased.get(key).unwrap_or_else(|| panic!("{key} lost its lease"));
+            assert!(*granted <= 3600 && *remaining > 0, "{key}: {granted}/{remaining}");
+        }
+        found.len()
+    }
+
+    /// Kills a run at `after`, reruns it to completion, checks the result.
+    fn kill_and_recover(&self, after: Duration, index: u32) -> usize {
+        let work = TempDir::new(&format!("{}-kill-{index}", self.name));
+        let data = work.join("data");
+        copy_tree(&self.template.join("data"), &data);
+        let mut migrator = self.migrator(&data);
+        migrator.command.stderr(Stdio::null());
+        let mut child = migrator.command.spawn().unwrap();
+        std::thread::sleep(after);
+        let _ = child.kill();
+        child.wait().unwrap();
+        assert_no_process_left(&data);
+        let said = version_txt(&data);
+        assert!(
+            said.parse::<etcd_migrate::version::EtcdState>().is_ok(),
+            "version.txt says {said:?} after the kill"
+        );
+        let output = self.migrator(&data).run();
+        assert!(
+            output.status.success(),
+            "{} kill {index} at {after:?}: rerun failed: {}\nsockets now:\n{}",
+            self.name,
+            stderr(&output),
+            listening_sockets()
+        );
+        self.check(&data)
+    }
+}
+
+fn etcd2_scenario() -> Scenario {
+    let template = TempDir::new("template-etcd2");
+    let data = template.join("data");
+    let peer = format!("http://localhost:{}", free_port());
+    let etcd = TestEtcd::start_with("3.3.25", &data, "m", &peer, &[]);
+    let client = V2Client::new(etcd.endpoint());
+    let mut keys = BTreeMap::new();
+    let mut leased = Vec::new();
+    block_on(async {
+        for i in 0..50 {
+            let key = format!("/registry/pods/ns/pod-{i}");
+            client.set(&key, &format!("pod {i}"), None).await.unwrap();
+            keys.insert(key, format!("pod {i}").into_bytes());
+        }
+        for i in 0..50 {
+            let key = format!("/registry/events/ns/event-{i}");
+            client.set(&key, "event", Some(3600)).await.unwrap();
+            keys.insert(key.clone(), b"event".to_vec());
+            leased.push(key);
+        }
+    });
+    etcd.stop();
+    fs::write(data.join("version.txt"), "3.3.25/etcd2").unwrap();
+    let args = ["--target-version", "3.5.16"].map(String::from).to_vec();
+    Scenario { name: "etcd2-to-3.5", template, peer, args, final_version: "3.5.16", keys, leased }
+}
+
+fn downgrade_scenario() -> Scenario {
+    let template = TempDir::new("template-downgrade");
+    let data = template.join("data");
+    let peer = format!("http://localhost:{}", free_port());
+    let mut keys = sample_keys();
+    keys.remove("/registry/big/blob");
+    make_etcd3_data("3.5.16", &data, &peer, &keys);
+    let etcd = TestEtcd::start_with("3.5.16", &data, "m", &peer, &[]);
+    let lease = etcd.etcdctl(&["lease", "grant", "3600"]).split_whitespace().nth(1).unwrap().to_string();
+    let mut leased = Vec::new();
+    for i in 0..10 {
+        let key = format!("/registry/events/e{i}");
+        etcd.etcdctl(&["put", "--lease", &lease, &key, "event"]);
+        keys.insert(key.clone(), b"event".to_vec());
+        leased.push(key);
+    }
+    etcd.stop();
+    let args = ["--target-version", "3.3.25"].map(String::from).to_vec();
+    Scenario { name: "downgrade-3.5-to-3.3", template, peer, args, final_version: "3.3.25", keys, leased }
+}
+
+fn run_fault_injection(scenario: Scenario) {
+    // A clean run first: how long the whole migration takes, and that it is right.
+    let clean = TempDir::new(&format!("{}-clean", scenario.name));
+    let data = clean.join("data");
+    copy_tree(&scenario.template.join("data"), &data);
+    let started = Instant::now();
+    let output = scenario.migrator(&data).run();
+    let duration = started.elapsed();
+    assert!(output.status.success(), "{}", stderr(&output));
+    scenario.check(&data);
+
+    let mut keys_checked = 0;
+    for i in 1..=KILLS {
+        let after = duration * i / (KILLS + 1);
+        keys_checked += scenario.kill_and_recover(after, i);
+    }
+    println!(
+        "fault injection {}: run {:.1}s, kills {KILLS}, recoveries {KILLS}, keys checked {keys_checked}, keys lost 0",
+        scenario.name,
+        duration.as_secs_f64()
+    );
+}
+
+#[test]
+fn sigkill_anywhere_in_an_etcd2_conversion_and_upgrade_loses_nothing() {
+    run_fault_injection(etcd2_scenario());
+}
+
+#[test]
+fn sigkill_anywhere_in_a_two_step_downgrade_loses_nothing() {
+    run_fault_injection(downgrade_scenario());
+}
+
+/// Kills the run while it is paused at a fault-injection point, then reruns it.
+fn kill_at_pause(point: &str) -> (Scenario, TempDir) {
+    let scenario = etcd2_scenario();
+    let work = TempDir::new(&format!("pause-{point}"));
+    let data = work.join("data");
+    copy_tree(&scenario.template.join("data"), &data);
+    let mut migrator = scenario.migrator(&data).env("ETCD_MIGRATE_TEST_PAUSE", point);
+    migrator.command.stderr(Stdio::piped());
+    let mut child = migrator.command.spawn().unwrap();
+    let mut paused = false;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if line.unwrap().contains("paused for a fault-injection test") {
+            child.kill().unwrap();
+            paused = true;
+            break;
+        }
+    }
+    child.wait().unwrap();
+    assert!(paused, "the run reached the {point} pause");
+    assert_no_process_left(&data);
+    (scenario, work)
+}
+
+#[test]
+fn a_kill_mid_version_file_write_leaves_the_old_truth() {
+    let (scenario, work) = kill_at_pause("version-file");
+    let data = work.join("data");
+    assert!(data.join(".version.txt.tmp").exists(), "killed between writing the temp file and the rename");
+    let said = version_txt(&data);
+    assert!(["3.3.25/etcd2", "3.3.25/etcd3", "3.4.23/etcd3"].contains(&said.as_str()), "{said}");
+    let output = scenario.migrator(&data).run();
+    assert!(output.status.success(), "{}", stderr(&output));
+    scenario.check(&data);
+}
+
+#[test]
+fn a_kill_mid_backup_leaves_no_backup_that_looks_complete() {
+    let (scenario, work) = kill_at_pause("backup");
+    let data = work.join("data");
+    let names = |dir: &Path| -> Vec<String> {
+        fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+    };
+    let partials: Vec<String> = names(work.path()).into_iter().filter(|n| n.contains("-backup-")).collect();
+    assert!(partials.iter().all(|n| n.ends_with(".partial")), "{partials:?}");
+    assert_eq!(version_txt(&data), "3.3.25/etcd2");
+    let output = scenario.migrator(&data).run();
+    assert!(output.status.success(), "{}", stderr(&output));
+    scenario.check(&data);
+    let backups: Vec<String> = names(work.path()).into_iter().filter(|n| n.contains("-backup-")).collect();
+    assert_eq!(backups.len(), 1, "the partial copy was swept and one verified backup made: {backups:?}");
+    assert!(!backups[0].ends_with(".partial"));
+}
+
+#[test]
+fn sigterm_mid_step_stops_the_hidden_etcd_and_exits_non_zero() {
+    let dir = TempDir::new("sigterm");
+    let data = dir.join("data");
+    let peer = format!("http://localhost:{}", free_port());
+    let keys = sample_keys();
+    make_etcd3_data("3.3.25", &data, &peer, &keys);
+    let mut migrator = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]);
+    migrator.command.stderr(Stdio::piped());
+    let mut child = migrator.command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("in-place starting step=2") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(sent.elapsed() < Duration::from_secs(30), "exits within kubelet's grace period");
+    assert_eq!(status.code(), Some(1), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("interrupted by SIGTERM")), "{rest:?}");
+    assert!(processes_using(&data).is_empty(), "the hidden etcd was stopped before exiting");
+    assert_eq!(version_txt(&data), "3.4.23/etcd3", "the last completed step");
+    let output = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]).run();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let etcd = TestEtcd::start_with("3.5.16", &data, "m", &peer, &[]);
+    assert_eq!(etcd.all_keys(), keys);
+}
+
+#[test]
+fn bad_version_files_exit_2_naming_the_file_and_are_never_overwritten() {
+    let dir = TempDir::new("badversion");
+    let data = dir.join("data");
+    let peer = format!("http://localhost:{}", free_port());
+    make_etcd3_data("3.4.23", &data, &peer, &sample_keys());
+    for content in [
+        "",
+        "garbage",
+        "3.4/etcd3",
+        "9.9.9/etcd3",
+        "3.4.23/etcd4",
+        "3.4.23/etcd3 trailing junk",
+        "\u{0}\u{1}",
+    ] {
+        fs::write(data.join("version.txt"), content).unwrap();
+        let before = tree_fingerprint(&data);
+        let output =
+            Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]).run();
+        assert_eq!(output.status.code(), Some(2), "{content:?}: {}", stderr(&output));
+        let message = stderr(&output);
+        assert!(message.contains("version.txt"), "{content:?}: {message}");
+        assert!(message.contains("X.Y.Z") || message.contains("9.9"), "{content:?}: {message}");
+        assert_eq!(tree_fingerprint(&data), before, "{content:?}: the data dir changed");
+    }
+    fs::remove_file(data.join("version.txt")).unwrap();
+    fs::create_dir(data.join("version.txt")).unwrap();
+    let output = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]).run();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("not a regular file"), "{}", stderr(&output));
+    assert!(data.join("version.txt").is_dir());
+}
+
+#[test]
+fn a_leftover_etcd_on_the_hidden_port_is_reported_before_anything_changes() {
+    let dir = TempDir::new("leftover");
+    let data = dir.join("data");
+    let peer = format!("http://localhost:{}", free_port());
+    make_etcd3_data("3.4.23", &data, &peer, &sample_keys());
+    let before = tree_fingerprint(&data);
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port().to_string();
+    let output = Migrator::new(&data, &peer)
+        .args(&["--target-version", "3.5.16", "--migrate-only", "--port", &port])
+        .run();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains(&format!("port {port}")) && stderr(&output).contains("leftover etcd"));
+    assert_eq!(tree_fingerprint(&data), before);
+}
+
+#[test]
+fn a_corrupt_wal_fails_the_step_with_etcds_last_lines() {
+    let dir = TempDir::new("corruptwal");
+    let data = dir.join("data");
+    let peer = format!("http://localhost:{}", free_port());
+    make_etcd3_data("3.4.23", &data, &peer, &sample_keys());
+    let wal: PathBuf = fs::read_dir(data.join("member/wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "wal"))
+        .unwrap();
+    let mut bytes = fs::read(&wal).unwrap();
+    for byte in bytes.iter_mut().take(4096).skip(64) {
+        *byte = 0xA5;
+    }
+    fs::write(&wal, bytes).unwrap();
+    let output = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]).run();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("exited with") && message.contains("last lines"), "{message}");
+    assert_eq!(version_txt(&data), "3.4.23/etcd3");
+    assert!(message.contains("backup at"), "the error names the backup: {message}");
+    assert_no_process_left(&data);
+}
+
+/// A small tmpfs the test mounts itself (root only); `None`, with the reason printed, where it cannot.
+struct Tmpfs(TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = TempDir::new("tmpfs");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status();
+        match status {
+            Ok(status) if status.success() => Some(Tmpfs(dir)),
+            _ => {
+                println!("SKIPPED: cannot mount a tmpfs here (needs root and mount rights)");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_step_and_keeps_the_truth_and_the_backup() {
+    let Some(tmpfs) = Tmpfs::mount("120m") else { return };
+    let data = tmpfs.0.join("data");
+    let backups = TempDir::new("full-backups");
+    let peer = format!("http://localhost:{}", free_port());
+    make_etcd3_data("3.4.23", &data, &peer, &sample_keys());
+    // Leave almost nothing free on the data dir's file system.
+    let _ = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", tmpfs.0.join("filler").display()))
+        .args(["bs=1M", "count=200"])
+        .stderr(Stdio::null())
+        .status();
+    let output = Migrator::new(&data, &peer)
+        .args(&[
+            "--target-version",
+            "3.5.16",
+            "--migrate-only",
+            "--backup-dir",
+            backups.path().to_str().unwrap(),
+        ])
+        .run();
+    assert!(!output.status.success(), "{}", stderr(&output));
+    assert_eq!(version_txt(&data), "3.4.23/etcd3", "version.txt unchanged");
+    for entry in fs::read_dir(backups.path()).unwrap().flatten() {
+        etcd_migrate::backup::verify(&entry.path()).expect("every backup left is intact");
+    }
+    assert_no_process_left(&data);
+}
+
+#[test]
+fn a_read_only_data_dir_is_refused_before_anything_changes() {
+    let Some(tmpfs) = Tmpfs::mount("120m") else { return };
+    let data = tmpfs.0.join("data");
+    let peer = format!("http://localhost:{}", free_port());
+    make_etcd3_data("3.4.23", &data, &peer, &sample_keys());
+    let before = tree_fingerprint(&data);
+    let remount = Command::new("mount").args(["-o", "remount,ro"]).arg(tmpfs.0.path()).status().unwrap();
+    assert!(remount.success());
+    let output = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]).run();
+    let _ = Command::new("mount").args(["-o", "remount,rw"]).arg(tmpfs.0.path()).status();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("not writable"), "{}", stderr(&output));
+    assert_eq!(tree_fingerprint(&data), before);
+}

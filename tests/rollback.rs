@@ -1,0 +1,165 @@
+//! Rollback against real etcd: one-minor downgrades 3.5 → 3.4 → 3.3 by snapshot, etcd3 → etcd2 for JSON
+//! data, refusal for protobuf data, and a downgrade killed mid-step completing on the next run.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use etcd_migrate::client::v2::V2Client;
+use support::*;
+
+/// Data written by `version` with plain keys and keys on two leases; returns key → lease TTL.
+fn leased_fixture(
+    version: &str,
+    data: &std::path::Path,
+    peer: &str,
+) -> (BTreeMap<String, Vec<u8>>, BTreeMap<String, i64>) {
+    let etcd = TestEtcd::start_with(version, data, "m", peer, &[]);
+    let mut keys = sample_keys();
+    keys.remove("/other/outside-prefix");
+    put_all(&etcd, &keys);
+    let mut ttls = BTreeMap::new();
+    for (ttl, count) in [(3600, 5), (600, 3)] {
+        let grant = etcd.etcdctl(&["lease", "grant", &ttl.to_string()]);
+        let id = grant.split_whitespace().nth(1).unwrap().to_string();
+        for i in 0..count {
+            let key = format!("/registry/events/e-{ttl}-{i}");
+            etcd.etcdctl(&["put", "--lease", &id, &key, "{\"kind\":\"Event\"}"]);
+            keys.insert(key.clone(), b"{\"kind\":\"Event\"}".to_vec());
+            ttls.insert(key, ttl);
+        }
+    }
+    etcd.stop();
+    std::fs::write(data.join("version.txt"), format!("{version}/etcd3")).unwrap();
+    (keys, ttls)
+}
+
+fn check_leases(etcd: &TestEtcd, ttls: &BTreeMap<String, i64>) {
+    let leased = etcd.leased_keys();
+    assert_eq!(
+        leased.keys().collect::<Vec<_>>(),
+        ttls.keys().collect::<Vec<_>>(),
+        "the same keys are on leases"
+    );
+    for (key, &(granted, remaining)) in &leased {
+        assert_eq!(granted, ttls[key], "{key}: lease granted TTL kept");
+        assert!(remaining > 0 && remaining <= ttls[key], "{key}: {remaining}s left, no longer than before");
+    }
+}
+
+#[test]
+fn downgrades_3_5_to_3_3_in_two_steps_then_execs_the_older_etcd() {
+    let dir = TempDir::new("downgrade");
+    let data = dir.join("data");
+    let peer = format!("http://localhost:{}", free_port());
+    let (keys, ttls) = leased_fixture("3.5.16", &data, &peer);
+
+    let plan = Migrator::new(&data, &peer).args(&["plan", "--target-version", "3.3.25"]).run();
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert_eq!(plan.lines().filter(|line| line.contains(" downgrade ")).count(), 2, "{plan}");
+
+    let client = format!("http://127.0.0.1:{}", free_port());
+    let child = Migrator::new(&data, &peer).args(&["--target-version", "3.3.25"]).exec_etcd(&client, &peer);
+    assert!(wait_healthy(&client, Duration::from_secs(180)), "the exec'd etcd 3.3.25 never served {client}");
+    assert_eq!(all_keys("3.3.25", &client), keys);
+    let status = etcdctl("3.3.25", &client, &["endpoint", "status", "-w", "json"]);
+    assert!(status.contains("\"version\":\"3.3.25\""), "{status}");
+    assert_eq!(version_txt(&data), "3.3.25/etcd3");
+    drop(child);
+
+    let etcd = TestEtcd::start_with("3.3.25", &data, "m", &peer, &[]);
+    check_leases(&etcd, &ttls);
+    drop(etcd);
+    let backups = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("-backup-"))
+        .count();
+    assert_eq!(backups, 2, "a backup before each downgrade");
+}
+
+#[test]
+fn rolls_back_etcd3_to_etcd2_for_json_data_and_refuses_protobuf() {
+    let dir = TempDir::new("rollback");
+    let data = dir.join("data");
+    let peer = format!("http://localhost:{}", free_port());
+    let (keys, ttls) = leased_fixture("3.4.23", &data, &peer);
+    let before = tree_fingerprint(&data);
+
+    let output = Migrator::new(&data, &peer)
+        .args(&["--target-version", "3.3.25", "--target-storage", "etcd2", "--migrate-only"])
+        .run();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("application/json"), "{}", stderr(&output));
+    assert_eq!(tree_fingerprint(&data), before, "refused before touching anything");
+
+    let output = Migrator::new(&data, &peer)
+        .args(&["--target-version", "3.3.25", "--target-storage", "etcd2", "--migrate-only"])
+        .env("STORAGE_MEDIA_TYPE", "application/json")
+        .run();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).contains("relist"), "warns that watchers must relist");
+    assert_eq!(version_txt(&data), "3.3.25/etcd2");
+
+    let etcd = TestEtcd::start_with("3.3.25", &data, "m", &peer, &[]);
+    let leaves = block_on(V2Client::new(etcd.endpoint()).leaves("/registry")).unwrap();
+    let found: BTreeMap<String, (String, Option<i64>)> =
+        leaves.into_iter().map(|leaf| (leaf.key, (leaf.value, leaf.ttl))).collect();
+    assert_eq!(found.len(), keys.len());
+    for (key, value) in &keys {
+        let (found_value, ttl) = &found[key];
+        assert_eq!(found_value.as_bytes(), value.as_slice(), "{key}");
+        match (ttls.get(key), ttl) {
+            (None, None) => {}
+            (Some(&before), Some(after)) => {
+                assert!(*after > 0 && *after <= before, "{key}: TTL {after}s, was {before}s")
+            }
+            (before, after) => panic!("{key}: TTL {before:?} became {after:?}"),
+        }
+    }
+}
+
+/// Kills the migrator when its log shows `marker`, then checks the rerun completes the downgrade.
+fn downgrade_killed_at(marker: &str) {
+    let dir = TempDir::new("downgrade-kill");
+    let data = dir.join("data");
+    let peer = format!("http://localhost:{}", free_port());
+    let (keys, ttls) = leased_fixture("3.5.16", &data, &peer);
+
+    let mut migrator = Migrator::new(&data, &peer).args(&["--target-version", "3.4.23", "--migrate-only"]);
+    migrator.command.stderr(Stdio::piped());
+    let mut child = migrator.command.spawn().unwrap();
+    let mut killed = false;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if line.unwrap().contains(marker) {
+            child.kill().unwrap();
+            killed = true;
+            break;
+        }
+    }
+    child.wait().unwrap();
+    assert!(killed, "the run reached {marker:?}");
+    assert_eq!(version_txt(&data), "3.5.16/etcd3", "version.txt names the last completed step");
+
+    let output = Migrator::new(&data, &peer).args(&["--target-version", "3.4.23", "--migrate-only"]).run();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(version_txt(&data), "3.4.23/etcd3");
+    assert!(!data.join(".etcd-migrate/journal.json").exists());
+    assert!(!data.join(".etcd-migrate/work").exists(), "work dirs are cleaned up");
+    let etcd = TestEtcd::start_with("3.4.23", &data, "m", &peer, &[]);
+    assert_eq!(etcd.all_keys(), keys);
+    check_leases(&etcd, &ttls);
+}
+
+#[test]
+fn a_downgrade_killed_before_the_swap_is_redone() {
+    downgrade_killed_at("snapshot restored");
+}
+
+#[test]
+fn a_downgrade_killed_after_the_swap_is_completed() {
+    downgrade_killed_at("rebuilt member swapped in");
+}

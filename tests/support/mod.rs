@@ -1,0 +1,463 @@
+//! Shared by the integration tests: real etcd releases (from `image/fetch-etcd.sh`'s cache), free
+//! loopback ports, temp dirs, a real etcd to write fixtures with, and the migrator binary.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use etcd_migrate::client::v3::{KeyValue, V3Client};
+use etcd_migrate::client::{ClientError, Endpoint, TlsFiles, health};
+use etcd_migrate::etcd_process::{EtcdError, EtcdProcess, EtcdSpec};
+use sha2::{Digest, Sha256};
+
+/// The directory holding etcd-X.Y.Z and etcdctl-X.Y.Z.
+pub fn etcd_bin_dir() -> PathBuf {
+    let dir = std::env::var_os("ETCD_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/etcd-migrate/etcd")
+    });
+    assert!(
+        dir.join("etcd-3.3.25").exists(),
+        "no etcd releases in {}: run image/fetch-etcd.sh",
+        dir.display()
+    );
+    dir
+}
+
+pub fn etcd(version: &str) -> PathBuf {
+    etcd_bin_dir().join(format!("etcd-{version}"))
+}
+
+pub fn etcdctl_binary(version: &str) -> PathBuf {
+    etcd_bin_dir().join(format!("etcdctl-{version}"))
+}
+
+/// A loopback port nobody listens on now, below Linux's ephemeral range (32768 and up) so that no
+/// client connection's source port can take it between now and its use. Ports are handed out once per
+/// test process, so parallel tests never race for the same one.
+pub fn free_port() -> u16 {
+    static NEXT: std::sync::Mutex<u16> = std::sync::Mutex::new(0);
+    let mut next = NEXT.lock().unwrap();
+    if *next == 0 {
+        *next = 20_000 + (std::process::id() % 60) as u16 * 200;
+    }
+    loop {
+        let port = *next;
+        *next = if port >= 32_000 { 20_000 } else { port + 1 };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("etcd-migrate-test-{name}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, part: &str) -> PathBuf {
+        self.0.join(part)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    })
+}
+
+/// A real etcd on free loopback ports, for writing fixtures and reading results. Stopped on drop.
+pub struct TestEtcd {
+    process: Option<EtcdProcess>,
+    pub version: String,
+    pub client_url: String,
+    pub peer_url: String,
+    pub name: String,
+}
+
+impl TestEtcd {
+    pub fn start(version: &str, data_dir: &Path) -> TestEtcd {
+        Self::start_with(version, data_dir, "m", &format!("http://127.0.0.1:{}", free_port()), &[])
+    }
+
+    /// Starts etcd as member `name` whose peer URL is `peer_url` (it must match what a data dir recorded).
+    pub fn start_with(
+        version: &str,
+        data_dir: &Path,
+        name: &str,
+        peer_url: &str,
+        extra: &[&str],
+    ) -> TestEtcd {
+        let spec = etcd_spec(version, data_dir, name, peer_url, extra);
+        let client_url = spec.listen_client_urls.clone();
+        let process = runtime().block_on(async {
+            let mut process = start_etcd(spec).await;
+            process.wait_healthy(Duration::from_secs(60)).await.expect("etcd becomes healthy");
+            process
+        });
+        TestEtcd {
+            process: Some(process),
+            version: version.into(),
+            client_url,
+            peer_url: peer_url.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        etcdctl(&self.version, &self.client_url, args)
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        self.etcdctl(&["put", key, value]);
+    }
+
+    /// Sets a key through the v2 API (etcd2 storage), optionally with a TTL.
+    pub fn v2_set(&self, key: &str, value: &str, ttl: Option<u64>) {
+        let mut args = vec!["set".to_string()];
+        if let Some(ttl) = ttl {
+            args.extend(["--ttl".into(), ttl.to_string()]);
+        }
+        args.extend(["--".into(), key.into(), value.into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_etcdctl(&self.version, "2", &self.client_url, &args);
+    }
+
+    /// Every v3 key and value.
+    pub fn all_keys(&self) -> BTreeMap<String, Vec<u8>> {
+        all_keys(&self.version, &self.client_url)
+    }
+
+    /// Each leased key with its lease's granted TTL and remaining TTL, in seconds.
+    pub fn leased_keys(&self) -> BTreeMap<String, (i64, i64)> {
+        let mut leased = BTreeMap::new();
+        for line in self.etcdctl(&["lease", "list"]).lines().skip(1) {
+            let id = line.trim();
+            let json: serde_json::Value =
+                serde_json::from_str(&self.etcdctl(&["lease", "timetolive", id, "--keys", "-w", "json"]))
+                    .unwrap();
+            for key in json["keys"].as_array().into_iter().flatten() {
+                let key = String::from_utf8(BASE64.decode(key.as_str().unwrap()).unwrap()).unwrap();
+                leased.insert(key, (json["granted-ttl"].as_i64().unwrap(), json["ttl"].as_i64().unwrap()));
+            }
+        }
+        leased
+    }
+
+    pub fn stop(mut self) {
+        let process = self.process.take().unwrap();
+        runtime().block_on(process.stop(Duration::from_secs(10))).unwrap();
+    }
+}
+
+impl Drop for TestEtcd {
+    fn drop(&mut self) {
+        if let Some(process) = self.process.take() {
+            let _ = runtime().block_on(process.stop(Duration::from_secs(10)));
+        }
+    }
+}
+
+/// How the fixtures run etcd `version`: member `name` at `peer_url`, a free client port, the v2 API on.
+pub fn etcd_spec(version: &str, data_dir: &Path, name: &str, peer_url: &str, extra: &[&str]) -> EtcdSpec {
+    EtcdSpec {
+        binary: etcd(version),
+        data_dir: data_dir.to_path_buf(),
+        name: name.into(),
+        listen_client_urls: format!("http://127.0.0.1:{}", free_port()),
+        listen_peer_urls: peer_url.replace("localhost", "127.0.0.1"),
+        initial_advertise_peer_urls: peer_url.into(),
+        initial_cluster: format!("{name}={peer_url}"),
+        initial_cluster_state: None,
+        enable_v2: true,
+        extra_args: extra.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// A peer URL on a free loopback port.
+pub fn free_peer_url() -> String {
+    format!("http://127.0.0.1:{}", free_port())
+}
+
+/// Starts etcd, retrying while one of its ports is busy: under load a port that was free when picked can
+/// be briefly held (a just-stopped etcd's socket). Panics, listing what listens, if it stays busy.
+pub async fn start_etcd(spec: EtcdSpec) -> EtcdProcess {
+    let mut attempts = 0;
+    loop {
+        match EtcdProcess::start(spec.clone()).await {
+            Err(EtcdError::PortInUse { .. }) if attempts < 20 => attempts += 1,
+            started => {
+                return started.unwrap_or_else(|e| panic!("etcd starts: {e}\n{}", listening_sockets()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// What listens on this machine now, for failure messages about busy ports.
+pub fn listening_sockets() -> String {
+    Command::new("ss")
+        .arg("-ltnp")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Runs etcdctl (v3 API) against `url`, failing the test if it fails; always with a timeout.
+pub fn etcdctl(version: &str, url: &str, args: &[&str]) -> String {
+    run_etcdctl(version, "3", url, args)
+}
+
+fn run_etcdctl(version: &str, api: &str, url: &str, args: &[&str]) -> String {
+    let mut command = Command::new("timeout");
+    command
+        .arg("20")
+        .arg(etcdctl_binary(version))
+        .env("ETCDCTL_API", api)
+        .arg("--endpoints")
+        .arg(url)
+        .args(args);
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+pub fn all_keys(version: &str, url: &str) -> BTreeMap<String, Vec<u8>> {
+    let out = etcdctl(version, url, &["get", "", "--from-key", "-w", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    json["kvs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|kv| {
+            let key = String::from_utf8(BASE64.decode(kv["key"].as_str().unwrap()).unwrap()).unwrap();
+            let value = kv["value"].as_str().map(|v| BASE64.decode(v).unwrap()).unwrap_or_default();
+            (key, value)
+        })
+        .collect()
+}
+
+/// Sample keys: plain, nested, unicode, empty and large values, as Kubernetes might hold.
+pub fn sample_keys() -> BTreeMap<String, Vec<u8>> {
+    let mut keys = BTreeMap::new();
+    for i in 0..40 {
+        keys.insert(
+            format!("/registry/pods/default/pod-{i:02}"),
+            format!("{{\"kind\":\"Pod\",\"i\":{i}}}").into_bytes(),
+        );
+    }
+    keys.insert("/registry/configmaps/kube-system/ünïcødé-名前".into(), "värde ✓".as_bytes().to_vec());
+    keys.insert("/registry/secrets/default/empty".into(), Vec::new());
+    keys.insert("/registry/big/blob".into(), "x".repeat(1 << 20).into_bytes());
+    keys.insert("/other/outside-prefix".into(), b"kept too".to_vec());
+    keys
+}
+
+/// Writes `keys` through the v3 API, values through stdin (a 1 MiB value is too long for an argument).
+pub fn put_all(etcd: &TestEtcd, keys: &BTreeMap<String, Vec<u8>>) {
+    use std::io::Write;
+    for (key, value) in keys {
+        if value.is_empty() {
+            etcd.etcdctl(&["put", "--", key, ""]);
+            continue;
+        }
+        let mut child = Command::new("timeout")
+            .arg("20")
+            .arg(etcdctl_binary(&etcd.version))
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.client_url, "put", "--", key])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(value).unwrap();
+        assert!(child.wait().unwrap().success(), "put {key}");
+    }
+}
+
+/// A data dir written by etcd `version` (etcd3 storage) holding `keys`, with version.txt saying so.
+/// The member's peer URL is `peer_url`.
+pub fn make_etcd3_data(version: &str, data_dir: &Path, peer_url: &str, keys: &BTreeMap<String, Vec<u8>>) {
+    let etcd = TestEtcd::start_with(version, data_dir, "m", peer_url, &[]);
+    put_all(&etcd, keys);
+    etcd.stop();
+    fs::write(data_dir.join("version.txt"), format!("{version}/etcd3")).unwrap();
+}
+
+/// Every file under `dir` with a hash of its content (and symlinks/dirs by kind), for "nothing changed".
+pub fn tree_fingerprint(dir: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let Ok(entries) = fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                out.insert(rel, format!("dir {:o}", meta.permissions().mode()));
+                walk(root, &path, out);
+            } else {
+                let hash = Sha256::digest(fs::read(&path).unwrap());
+                out.insert(rel, format!("{hash:x}"));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// The migrator binary with the options every test shares: the real etcd bin dir, hidden ports of its
+/// own, and the member identity `m` at `peer_url`.
+pub struct Migrator {
+    pub command: Command,
+}
+
+impl Migrator {
+    pub fn new(data_dir: &Path, peer_url: &str) -> Migrator {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_etcd-migrate"));
+        let peer_port = peer_url.rsplit(':').next().unwrap();
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--bin-dir")
+            .arg(etcd_bin_dir())
+            .args(["--name", "m", "--port", &free_port().to_string(), "--peer-port", peer_port])
+            .args(["--listen-peer-urls", &peer_url.replace("localhost", "127.0.0.1")])
+            .args(["--initial-advertise-peer-urls", peer_url, "--initial-cluster", &format!("m={peer_url}")])
+            .args(["--health-timeout", "60s"])
+            .stdin(Stdio::null());
+        Migrator { command }
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Migrator {
+        self.command.args(args);
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Migrator {
+        self.command.env(key, value);
+        self
+    }
+
+    pub fn run(mut self) -> Output {
+        let output = self.command.output().unwrap();
+        eprintln!("--- etcd-migrate stderr:\n{}", String::from_utf8_lossy(&output.stderr));
+        output
+    }
+}
+
+impl Migrator {
+    /// Runs the migrator as the pod would: it migrates, then execs etcd as member `m` serving `client`.
+    /// The child is killed (with the etcd it became) when the returned guard drops.
+    pub fn exec_etcd(self, client: &str, peer_url: &str) -> KillOnDrop {
+        let mut migrator = self.args(&["--"]).args(&[
+            "--name",
+            "m",
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            &peer_url.replace("localhost", "127.0.0.1"),
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--initial-cluster",
+            &format!("m={peer_url}"),
+        ]);
+        migrator.command.stderr(Stdio::null());
+        KillOnDrop(migrator.command.spawn().unwrap())
+    }
+}
+
+/// A child process killed when the test ends, however it ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn version_txt(data_dir: &Path) -> String {
+    fs::read_to_string(data_dir.join("version.txt")).unwrap().trim_end().to_string()
+}
+
+/// Waits until `url`/health answers healthy (for an etcd the migrator exec'd).
+pub fn wait_healthy(url: &str, timeout: Duration) -> bool {
+    let endpoint = Endpoint::new(url, &TlsFiles::default()).unwrap();
+    let deadline = Instant::now() + timeout;
+    runtime().block_on(async {
+        while Instant::now() < deadline {
+            if let Ok(true) = health::check(&endpoint).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    })
+}
+
+/// Runs `f` on the shared test runtime.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
+impl TestEtcd {
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new(&self.client_url, &TlsFiles::default()).unwrap()
+    }
+
+    /// Every v3 key with its value, lease, revisions and version, read through the gateway client.
+    pub fn v3_key_values(&self) -> Vec<KeyValue> {
+        block_on(async {
+            let client = V3Client::connect(self.endpoint()).await.unwrap();
+            let mut all = Vec::new();
+            client
+                .for_each_page(b"\0", &[0], 1000, async |kvs| {
+                    all.extend(kvs);
+                    Ok::<(), ClientError>(())
+                })
+                .await
+                .unwrap();
+            all
+        })
+    }
+}
+
+/// Whether process `pid` is gone, reaped and all (a zombie still has its `/proc` entry).
+pub fn process_gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
