@@ -201,8 +201,10 @@ impl EtcdProcess {
 
     /// Stops etcd: SIGTERM, then SIGKILL after `grace`; the child is always reaped. An etcd that exits
     /// otherwise than cleanly (see [`is_clean_stop`]) or has to be killed is logged, not an error: it
-    /// is stopped either way, and what it wrote is checked by whoever reads the data next.
-    pub async fn stop(mut self, grace: Duration) -> Result<ExitStatus, EtcdError> {
+    /// is stopped either way, and what it wrote is checked by whoever reads the data next. Killing is
+    /// safe for the data (etcd syncs its WAL before it acknowledges a write) and sometimes needed:
+    /// etcd 3.3 to 3.5 can hang in their own shutdown when SIGTERM comes just after they start serving.
+    pub async fn stop(mut self, grace: Duration) -> Result<Stopped, EtcdError> {
         let mut child = self.child.take().expect("a running etcd has a child");
         if let Some(pid) = child.id() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
@@ -211,20 +213,31 @@ impl EtcdProcess {
         let status = match tokio::time::timeout(grace, child.wait()).await {
             Ok(status) => status.map_err(|source| self.wait_error(source))?,
             Err(_) => {
-                warn!(binary, "etcd did not stop within {grace:?}: killing it");
+                warn!(binary, "etcd did not stop within {grace:?} of SIGTERM: killing it");
                 let _ = child.start_kill();
                 child.wait().await.map_err(|source| self.wait_error(source))?
             }
         };
-        if !is_clean_stop(&status) {
-            warn!(binary, %status, last_lines = ?self.last_log_lines(), "etcd did not exit cleanly when stopped");
+        for reader in self.log_readers.drain(..) {
+            let _ = tokio::time::timeout(LOG_DRAIN, reader).await;
         }
-        Ok(status)
+        let last_lines = self.last_log_lines();
+        if !is_clean_stop(&status) {
+            warn!(binary, %status, ?last_lines, "etcd did not exit cleanly when stopped");
+        }
+        Ok(Stopped { status, last_lines })
     }
 
     fn wait_error(&self, source: std::io::Error) -> EtcdError {
         EtcdError::Wait { binary: self.spec.binary.clone(), source }
     }
+}
+
+/// How a stopped etcd ended, and the last lines it wrote.
+#[derive(Debug)]
+pub struct Stopped {
+    pub status: ExitStatus,
+    pub last_lines: Vec<String>,
 }
 
 /// Whether etcd stopped as it does on SIGTERM: it re-raises the signal (a shell shows 143), or exits 0.

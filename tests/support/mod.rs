@@ -40,10 +40,14 @@ pub fn etcdctl_binary(version: &str) -> PathBuf {
 }
 
 /// A loopback port nobody listens on now, below Linux's ephemeral range (32768 and up) so that no
-/// client connection's source port can take it between now and its use. Ports are handed out once per
-/// test process, so parallel tests never race for the same one.
+/// client connection's source port can take it between now and its use. Each port is claimed with a
+/// lock file held until this process exits, so parallel tests, and the other test processes running
+/// meanwhile (a test may rerun itself in a child), never pick the same one.
 pub fn free_port() -> u16 {
     static NEXT: std::sync::Mutex<u16> = std::sync::Mutex::new(0);
+    static CLAIMS: std::sync::Mutex<Vec<fs::File>> = std::sync::Mutex::new(Vec::new());
+    let claims_dir = std::env::temp_dir().join("etcd-migrate-test-ports");
+    fs::create_dir_all(&claims_dir).unwrap();
     let mut next = NEXT.lock().unwrap();
     if *next == 0 {
         *next = 20_000 + (std::process::id() % 60) as u16 * 200;
@@ -51,7 +55,9 @@ pub fn free_port() -> u16 {
     loop {
         let port = *next;
         *next = if port >= 32_000 { 20_000 } else { port + 1 };
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let claim = fs::File::create(claims_dir.join(port.to_string())).unwrap();
+        if claim.try_lock().is_ok() && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            CLAIMS.lock().unwrap().push(claim);
             return port;
         }
     }
