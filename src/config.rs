@@ -27,6 +27,16 @@ pub enum Format {
     Json,
 }
 
+/// How a 3.x downgrade rebuilds the member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DowngradeMethod {
+    /// Snapshot restore (keeps revisions), falling back to a logical copy if that fails.
+    Auto,
+    Snapshot,
+    /// Every key and lease copied through the API into a fresh member (revisions start over).
+    Logical,
+}
+
 /// Everything a run needs, resolved from flags, environment and defaults.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -52,6 +62,7 @@ pub struct Config {
     pub ttl_lease_duration: Duration,
     pub health_timeout: Duration,
     pub stop_grace: Duration,
+    pub downgrade_method: DowngradeMethod,
     pub assume_current: Option<EtcdState>,
     /// The operator's flags for the final etcd, everything after `--`.
     pub etcd_args: Vec<String>,
@@ -127,6 +138,11 @@ pub const OPTIONS: &[OptionSpec] = &[
     opt("--ttl-lease-duration", Some("TTL_LEASE_DURATION"), "longest lease for converted TTL keys [1h]"),
     opt("--health-timeout", Some("HEALTH_TIMEOUT"), "how long a hidden etcd may take to become healthy [5m]"),
     opt("--stop-grace", None, "SIGTERM to SIGKILL grace for a hidden etcd [10s]"),
+    opt(
+        "--downgrade-method",
+        Some("DOWNGRADE_METHOD"),
+        "auto (snapshot restore, else a logical copy), snapshot or logical [auto]",
+    ),
     opt(
         "--assume-current-version",
         Some("ASSUME_CURRENT_VERSION"),
@@ -326,6 +342,14 @@ impl Resolver<'_> {
                 .parsed("--health-timeout", parse_duration)?
                 .unwrap_or(Duration::from_secs(300)),
             stop_grace: self.parsed("--stop-grace", parse_duration)?.unwrap_or(Duration::from_secs(10)),
+            downgrade_method: self
+                .parsed("--downgrade-method", |v| match v {
+                    "auto" => Ok(DowngradeMethod::Auto),
+                    "snapshot" => Ok(DowngradeMethod::Snapshot),
+                    "logical" => Ok(DowngradeMethod::Logical),
+                    _ => Err(format!("{v:?} is not auto, snapshot or logical")),
+                })?
+                .unwrap_or(DowngradeMethod::Auto),
             assume_current: self
                 .parsed("--assume-current-version", |v| v.parse::<EtcdState>().map_err(|e| e.to_string()))?,
             name,
@@ -445,6 +469,7 @@ mod tests {
         assert_eq!(config.backup_dir, PathBuf::from("/var/etcd"));
         assert_eq!(config.bundled, vec![Version::new(3, 4, 23), Version::new(3, 5, 16)]);
         assert_eq!(config.ttl_lease_duration, Duration::from_secs(3600));
+        assert_eq!(config.downgrade_method, DowngradeMethod::Auto);
     }
 
     #[test]
@@ -460,6 +485,7 @@ mod tests {
                 "--name",
                 "m1",
                 "--migrate-only",
+                "--downgrade-method=logical",
                 "--",
                 "--foo",
                 "x",
@@ -471,6 +497,7 @@ mod tests {
         assert_eq!(config.target().version, Version::new(3, 4, 23));
         assert_eq!(config.name, "m1");
         assert!(config.migrate_only);
+        assert_eq!(config.downgrade_method, DowngradeMethod::Logical);
         assert_eq!(config.listen_client_urls, "http://127.0.0.1:18631");
         assert_eq!(config.listen_peer_urls, "http://localhost:2381");
         assert_eq!(config.extra_args, ["--cert-file=/c", "--key-file", "/k"]);
@@ -490,6 +517,7 @@ mod tests {
             (&["--backup-retention", "0"], BASE, "--backup-retention"),
             (&["--ttl-lease-duration", "1d"], BASE, "--ttl-lease-duration"),
             (&["--log-format", "xml"], BASE, "--log-format"),
+            (&["--downgrade-method", "rsync"], BASE, "--downgrade-method"),
             (&["--name"], BASE, "--name"),
             (&["--assume-current-version", "3.4.23"], BASE, "--assume-current-version"),
         ];

@@ -196,19 +196,11 @@ fn kill_at_pause(point: &str) -> (Scenario, TempDir) {
     let work = TempDir::new(&format!("pause-{point}"));
     let data = work.join("data");
     copy_tree(&scenario.template.join("data"), &data);
-    let mut migrator = scenario.migrator(&data).env("ETCD_MIGRATE_TEST_PAUSE", point);
-    migrator.command.stderr(Stdio::piped());
-    let mut child = migrator.command.spawn().unwrap();
-    let mut paused = false;
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        if line.unwrap().contains("paused for a fault-injection test") {
-            child.kill().unwrap();
-            paused = true;
-            break;
-        }
-    }
-    child.wait().unwrap();
-    assert!(paused, "the run reached the {point} pause");
+    let migrator = scenario.migrator(&data).env("ETCD_MIGRATE_TEST_PAUSE", point);
+    assert!(
+        migrator.kill_when_logged("paused for a fault-injection test"),
+        "the run reached the {point} pause"
+    );
     assert_no_process_left(&data);
     (scenario, work)
 }

@@ -4,8 +4,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 
 use etcd_migrate::backup;
 use etcd_migrate::client::v2::V2Client;
@@ -128,19 +126,8 @@ fn a_run_killed_right_after_etcdctl_migrate_recovers_from_the_backup() {
     let keys = etcd2_fixture();
     write_etcd2_data(&data, &peer, &keys);
 
-    let mut migrator = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]);
-    migrator.command.stderr(Stdio::piped());
-    let mut child = migrator.command.spawn().unwrap();
-    let mut killed = false;
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        if line.unwrap().contains("etcdctl migrate done") {
-            child.kill().unwrap();
-            killed = true;
-            break;
-        }
-    }
-    child.wait().unwrap();
-    assert!(killed, "the run reached etcdctl migrate");
+    let migrator = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]);
+    assert!(migrator.kill_when_logged("etcdctl migrate done"), "the run reached etcdctl migrate");
     assert_eq!(version_txt(&data), "3.3.25/etcd2", "version.txt still names the last completed step");
     assert!(data.join(".etcd-migrate/journal.json").exists(), "the unfinished conversion is recorded");
 

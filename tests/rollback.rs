@@ -4,8 +4,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::Duration;
 
 use etcd_migrate::client::v2::V2Client;
@@ -47,6 +45,38 @@ fn check_leases(etcd: &TestEtcd, ttls: &BTreeMap<String, i64>) {
     for (key, &(granted, remaining)) in &leased {
         assert_eq!(granted, ttls[key], "{key}: lease granted TTL kept");
         assert!(remaining > 0 && remaining <= ttls[key], "{key}: {remaining}s left, no longer than before");
+    }
+}
+
+/// When `snapshot restore` fails, each downgrade step falls back to a logical copy: every key and value,
+/// and the leases regrouped as they were, with no more time left than before.
+#[test]
+fn a_failed_snapshot_restore_falls_back_to_a_logical_copy_of_keys_and_leases() {
+    let dir = TempDir::new("logical-copy");
+    let data = dir.join("data");
+    let peer = format!("http://localhost:{}", free_port());
+    let (keys, ttls) = leased_fixture("3.5.16", &data, &peer);
+
+    let output = Migrator::new(&data, &peer)
+        .args(&["--target-version", "3.3.25", "--migrate-only"])
+        .env("ETCD_MIGRATE_TEST_FAIL", "snapshot-restore")
+        .run();
+    let log = stderr(&output);
+    assert!(output.status.success(), "{log}");
+    assert_eq!(log.matches("path: logical copy").count(), 2, "both steps copied logically: {log}");
+    assert_eq!(version_txt(&data), "3.3.25/etcd3");
+
+    let etcd = TestEtcd::start_with("3.3.25", &data, "m", &peer, &[]);
+    assert_eq!(etcd.all_keys(), keys);
+    let leased = etcd.leased_keys();
+    assert_eq!(leased.keys().collect::<Vec<_>>(), ttls.keys().collect::<Vec<_>>(), "the same keys on leases");
+    let leases = etcd.etcdctl(&["lease", "list"]).lines().skip(1).count();
+    assert_eq!(leases, 2, "keys that shared a lease share one again");
+    for (key, &(granted, remaining)) in &leased {
+        let before = ttls[key];
+        let shorter_group = ttls.values().filter(|&&ttl| ttl < before).max().copied().unwrap_or(0);
+        assert!(granted <= before && granted > shorter_group, "{key}: granted {granted}s, was {before}s");
+        assert!(remaining > 0 && remaining <= granted, "{key}: {remaining}s left of {granted}s");
     }
 }
 
@@ -129,19 +159,8 @@ fn downgrade_killed_at(marker: &str) {
     let peer = format!("http://localhost:{}", free_port());
     let (keys, ttls) = leased_fixture("3.5.16", &data, &peer);
 
-    let mut migrator = Migrator::new(&data, &peer).args(&["--target-version", "3.4.23", "--migrate-only"]);
-    migrator.command.stderr(Stdio::piped());
-    let mut child = migrator.command.spawn().unwrap();
-    let mut killed = false;
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        if line.unwrap().contains(marker) {
-            child.kill().unwrap();
-            killed = true;
-            break;
-        }
-    }
-    child.wait().unwrap();
-    assert!(killed, "the run reached {marker:?}");
+    let migrator = Migrator::new(&data, &peer).args(&["--target-version", "3.4.23", "--migrate-only"]);
+    assert!(migrator.kill_when_logged(marker), "the run reached {marker:?}");
     assert_eq!(version_txt(&data), "3.5.16/etcd3", "version.txt names the last completed step");
 
     let output = Migrator::new(&data, &peer).args(&["--target-version", "3.4.23", "--migrate-only"]).run();

@@ -1,21 +1,27 @@
 //! One-minor downgrade within 3.x. etcd refuses data last run by a newer minor ("cluster cannot be
-//! downgraded"), so the member is rebuilt from a snapshot by the older version, verified, and swapped in:
+//! downgraded"), so the member is rebuilt by the older version, verified, and swapped in. The first path
+//! keeps revisions and leases as they are:
 //!
 //! 1. start the current minor on the data; count + digest every key, count the leases; snapshot it;
 //! 2. `snapshot restore` with the OLDER etcdctl into a work dir, as this member (name, peer URLs);
-//! 3. start the older etcd on the restored dir; the same keys, digest and leases, or the step fails;
-//! 4. swap the restored member in (atomic exchange); the backup taken before this step keeps the old one.
+//! 3. start the older etcd on the restored dir; the same keys, digest and leases, or the path fails.
 //!
-//! A snapshot keeps revisions and leases, so clients see the same resource versions.
+//! If that path fails (an etcdctl that cannot read the newer snapshot), the member is rebuilt by a
+//! [logical copy](super::logical_copy) instead; `--downgrade-method` can also pick one path outright.
+//! Either way the rebuilt member is swapped in last (atomic exchange), and the backup taken before this
+//! step keeps the old one.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
-use super::{Context, StepError, swap_in};
+use super::{Context, StepError, logical_copy, swap_in};
 use crate::client::TlsFiles;
 use crate::client::v3::V3Client;
+use crate::config::DowngradeMethod;
 use crate::etcdctl::{Etcdctl, RestoreMember};
+use crate::faults;
 use crate::journal::Journal;
 use crate::verify::{self, Summary};
 use crate::version::{EtcdState, Storage, Version};
@@ -29,10 +35,34 @@ pub async fn run(
     to: EtcdState,
     journal: &mut Journal,
 ) -> Result<(), StepError> {
-    let config = ctx.config;
     let work = ctx.data_dir.fresh_work_dir(journal.step.name())?;
-    let snapshot = work.join("snapshot.db");
+    let rebuilt = match ctx.config.downgrade_method {
+        DowngradeMethod::Snapshot => by_snapshot(ctx, from, source, to, &work).await?,
+        DowngradeMethod::Logical => logical_copy::rebuild(ctx, source, to, &work).await?,
+        DowngradeMethod::Auto => match by_snapshot(ctx, from, source, to, &work).await {
+            Ok(restored) => restored,
+            Err(error) => {
+                warn!(%error, "the snapshot path failed: rebuilding the member by a logical copy instead");
+                // Room for the copy: what the failed path left is of no use.
+                let _ = std::fs::remove_file(work.join("snapshot.db"));
+                let _ = std::fs::remove_dir_all(work.join("restored"));
+                logical_copy::rebuild(ctx, source, to, &work).await?
+            }
+        },
+    };
+    swap_in(ctx, journal, &rebuilt)
+}
 
+/// Rebuilds the member in `work/restored` from a snapshot; returns that directory.
+async fn by_snapshot(
+    ctx: &Context<'_>,
+    from: EtcdState,
+    source: Version,
+    to: EtcdState,
+    work: &Path,
+) -> Result<PathBuf, StepError> {
+    let config = ctx.config;
+    let snapshot = work.join("snapshot.db");
     let etcd = ctx.start_healthy(source, Storage::Etcd3, ctx.data_dir.path()).await?;
     let (before, leases_before) = keyspace(&etcd).await?;
     let tls = TlsFiles::from_etcd_args(&config.extra_args);
@@ -49,6 +79,9 @@ pub async fn run(
         initial_advertise_peer_urls: &config.initial_advertise_peer_urls,
         skip_hash_check: false,
     };
+    if faults::fail("snapshot-restore") {
+        return Err(StepError::Failed("snapshot restore failed (fault injected)".into()));
+    }
     Etcdctl::new(config.etcdctl_binary(to.version))
         .snapshot_restore(&snapshot, &restored, &member, ETCDCTL_TIMEOUT)
         .await?;
@@ -65,7 +98,7 @@ pub async fn run(
     info!(keys = after.count, leases = leases_after, "etcd {} serves the same keys and leases", to.version);
     std::fs::remove_file(&snapshot)
         .map_err(|source| StepError::Io { context: snapshot.display().to_string(), source })?;
-    swap_in(ctx, journal, &restored)
+    Ok(restored)
 }
 
 /// Count and digest of the whole keyspace, and the number of leases.

@@ -3,8 +3,10 @@
 
 mod convert;
 mod downgrade;
+mod dump;
 mod in_place;
 mod leases;
+mod logical_copy;
 mod rollback;
 
 use std::path::Path;

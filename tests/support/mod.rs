@@ -383,6 +383,23 @@ impl Migrator {
 impl Migrator {
     /// Runs the migrator as the pod would: it migrates, then execs etcd as member `m` serving `client`.
     /// The child is killed (with the etcd it became) when the returned guard drops.
+    /// Runs the migrator and SIGKILLs it as soon as it logs a line containing `marker`; returns whether
+    /// it did (false: the run ended without logging it).
+    pub fn kill_when_logged(mut self, marker: &str) -> bool {
+        self.command.stderr(Stdio::piped());
+        let mut child = self.command.spawn().unwrap();
+        let mut killed = false;
+        for line in std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap())) {
+            if line.unwrap().contains(marker) {
+                child.kill().unwrap();
+                killed = true;
+                break;
+            }
+        }
+        child.wait().unwrap();
+        killed
+    }
+
     pub fn exec_etcd(self, client: &str, peer_url: &str) -> KillOnDrop {
         let mut migrator = self.args(&["--"]).args(&[
             "--name",

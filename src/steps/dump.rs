@@ -1,0 +1,111 @@
+//! A dump of v3 keys for the steps that rebuild a member through the API (the logical downgrade copy,
+//! the rollback to etcd2): the source etcd is read page by page into a file in the work dir, with what
+//! remains of each key's lease, then stopped; the file is read back one record at a time into a fresh
+//! member of the target version. Memory stays flat however many keys there are.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::StepError;
+use crate::client::v3::{KeyValue, V3Client};
+
+/// The shortest lease a copied key gets, in seconds.
+pub const MIN_TTL: i64 = 60;
+
+/// One key as the file keeps it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Record {
+    #[serde(serialize_with = "to_base64", deserialize_with = "from_base64")]
+    pub key: Vec<u8>,
+    #[serde(serialize_with = "to_base64", deserialize_with = "from_base64")]
+    pub value: Vec<u8>,
+    /// The source's lease id (0: none); keys that shared a lease share one again.
+    pub lease: i64,
+    /// Seconds the lease had left when it was read.
+    pub ttl: Option<i64>,
+}
+
+fn to_base64<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&BASE64.encode(bytes))
+}
+
+fn from_base64<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    BASE64.decode(String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+/// A written dump: where it is and when its TTLs were read.
+pub struct Dump {
+    path: PathBuf,
+    read_at: Instant,
+}
+
+impl Dump {
+    /// Writes every key of `[start, end)`, read at one revision, to `path`. `visit` sees each key first:
+    /// it digests what the step will verify, and may refuse a key (the step then fails, nothing changed).
+    pub async fn write(
+        client: &V3Client,
+        start: &[u8],
+        end: &[u8],
+        path: &Path,
+        mut visit: impl FnMut(&KeyValue) -> Result<(), StepError>,
+    ) -> Result<Dump, StepError> {
+        let mut out = BufWriter::new(File::create(path).map_err(io_error(path))?);
+        let mut ttls: HashMap<i64, i64> = HashMap::new();
+        let read_at = Instant::now();
+        client
+            .for_each_page(start, end, 1000, async |kvs| {
+                for kv in kvs {
+                    visit(&kv)?;
+                    let ttl = match kv.lease {
+                        0 => None,
+                        lease => Some(match ttls.get(&lease) {
+                            Some(&ttl) => ttl,
+                            None => {
+                                let ttl = client.lease_time_to_live(lease).await?.ttl.max(1);
+                                ttls.insert(lease, ttl);
+                                ttl
+                            }
+                        }),
+                    };
+                    let record = Record { key: kv.key, value: kv.value, lease: kv.lease, ttl };
+                    serde_json::to_writer(&mut out, &record).map_err(|e| StepError::Failed(e.to_string()))?;
+                    out.write_all(b"\n").map_err(io_error(path))?;
+                }
+                Ok::<(), StepError>(())
+            })
+            .await?;
+        out.flush().map_err(io_error(path))?;
+        Ok(Dump { path: path.to_path_buf(), read_at })
+    }
+
+    /// The records, in key order.
+    pub fn records(&self) -> Result<impl Iterator<Item = Result<Record, StepError>> + use<'_>, StepError> {
+        let file = File::open(&self.path).map_err(io_error(&self.path))?;
+        Ok(BufReader::new(file).lines().map(|line| {
+            let line = line.map_err(io_error(&self.path))?;
+            serde_json::from_str(&line)
+                .map_err(|e| StepError::Failed(format!("{}: {e}", self.path.display())))
+        }))
+    }
+
+    /// What is left now of a TTL that was `ttl` when the dump was read, but at least `MIN_TTL`: a key
+    /// that expired between the copy and its verification would fail the step on every retry.
+    pub fn remaining(&self, ttl: i64) -> i64 {
+        (ttl - self.read_at.elapsed().as_secs() as i64).max(MIN_TTL)
+    }
+
+    pub fn remove(self) -> Result<(), StepError> {
+        std::fs::remove_file(&self.path).map_err(io_error(&self.path))
+    }
+}
+
+pub fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StepError + '_ {
+    move |source| StepError::Io { context: path.display().to_string(), source }
+}

@@ -1,0 +1,173 @@
+//! The downgrade's second path: a logical copy, for when the older etcdctl cannot restore the newer
+//! version's snapshot (or the operator asks for it). Every key is dumped from the current version with
+//! what remains of its lease, then written into a fresh member of the older version: one new lease per
+//! source lease (its remaining TTL), the keys in batched transactions, several in flight. The copy is
+//! verified by count and digest of the whole keyspace, and by how keys share leases.
+//!
+//! Revisions start over in the copy, so watchers must relist, as after a rollback.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use super::dump::Dump;
+use super::{Context, StepError};
+use crate::client::ClientError;
+use crate::client::v3::{KeyValue, MAX_TXN_OPS, Op, V3Client};
+use crate::etcd_process::EtcdProcess;
+use crate::verify::{KeyDigest, Summary};
+use crate::version::{EtcdState, Storage, Version};
+
+/// Transactions in flight at once.
+const CONCURRENT_TXNS: usize = 8;
+/// Bytes of keys and values per transaction, well under etcd's default request limit (1.5 MiB).
+const TXN_BYTES: usize = 512 * 1024;
+
+/// What a keyspace holds: every key and value, and which keys share a lease.
+#[derive(Debug, PartialEq, Eq)]
+struct Contents {
+    keys: Summary,
+    /// Digest of (key, the first key of its lease) over keys with a lease: equal exactly when the same
+    /// keys are grouped onto leases the same way, whatever the lease ids.
+    lease_groups: Summary,
+}
+
+/// Builds [`Contents`] from keys given in key order (so the first key seen for a lease is its first).
+#[derive(Default)]
+struct ContentsDigest {
+    keys: KeyDigest,
+    first_keys: HashMap<i64, Vec<u8>>,
+    lease_groups: KeyDigest,
+}
+
+impl ContentsDigest {
+    fn add(&mut self, kv: &KeyValue) {
+        self.keys.add(&kv.key, &kv.value);
+        if kv.lease != 0 {
+            let first = self.first_keys.entry(kv.lease).or_insert_with(|| kv.key.clone());
+            self.lease_groups.add(&kv.key, first);
+        }
+    }
+
+    fn finish(&self) -> Contents {
+        Contents { keys: self.keys.finish(), lease_groups: self.lease_groups.finish() }
+    }
+}
+
+/// Rebuilds the member in `work/copied` with etcd `to` from the data dir's member run by `source`;
+/// returns the directory to swap in.
+pub async fn rebuild(
+    ctx: &Context<'_>,
+    source: Version,
+    to: EtcdState,
+    work: &Path,
+) -> Result<PathBuf, StepError> {
+    let etcd = ctx.start_healthy(source, Storage::Etcd3, ctx.data_dir.path()).await?;
+    let client = V3Client::connect(etcd.endpoint().clone()).await?;
+    let mut digest = ContentsDigest::default();
+    let dump = Dump::write(&client, &[0], &[0], &work.join("keys.jsonl"), |kv| {
+        digest.add(kv);
+        Ok(())
+    })
+    .await?;
+    let before = digest.finish();
+    ctx.stop(etcd).await?;
+    info!(keys = before.keys.count, "read every key with etcd {source} for a logical copy");
+
+    let copied = work.join("copied");
+    let etcd = ctx.start_healthy(to.version, Storage::Etcd3, &copied).await?;
+    let client = V3Client::connect(etcd.endpoint().clone()).await?;
+    import(&client, &dump).await?;
+    let after = contents(&etcd).await?;
+    ctx.stop(etcd).await?;
+    if after != before {
+        return Err(StepError::Failed(format!(
+            "the logical copy differs: before {} (leases {}), after {} (leases {})",
+            before.keys, before.lease_groups, after.keys, after.lease_groups
+        )));
+    }
+    info!(
+        keys = after.keys.count,
+        "etcd {} serves the same keys and leases (path: logical copy)", to.version
+    );
+    warn!(
+        "revisions start over in a logical copy: restart the API servers and other watchers so they relist"
+    );
+    dump.remove()?;
+    Ok(copied)
+}
+
+/// Writes the dump into `client`'s etcd: each source lease granted anew with what is left of its TTL,
+/// the keys in transactions of at most `MAX_TXN_OPS` puts and `TXN_BYTES` bytes.
+async fn import(client: &V3Client, dump: &Dump) -> Result<(), StepError> {
+    let mut leases: HashMap<i64, i64> = HashMap::new();
+    let mut txns: JoinSet<Result<bool, ClientError>> = JoinSet::new();
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    for record in dump.records()? {
+        let record = record?;
+        let lease = match (record.lease, record.ttl) {
+            (0, _) | (_, None) => 0,
+            (old, Some(ttl)) => match leases.get(&old) {
+                Some(&new) => new,
+                None => {
+                    let new = client.lease_grant(dump.remaining(ttl)).await?;
+                    leases.insert(old, new);
+                    new
+                }
+            },
+        };
+        let size = record.key.len() + record.value.len();
+        if !batch.is_empty() && (batch.len() == MAX_TXN_OPS || batch_bytes + size > TXN_BYTES) {
+            send(client, &mut txns, std::mem::take(&mut batch)).await?;
+            batch_bytes = 0;
+        }
+        batch.push(Op::Put { key: record.key, value: record.value, lease });
+        batch_bytes += size;
+    }
+    if !batch.is_empty() {
+        send(client, &mut txns, batch).await?;
+    }
+    while let Some(done) = txns.join_next().await {
+        finished(done)?;
+    }
+    Ok(())
+}
+
+/// Starts a transaction of `ops`, first waiting for one to finish if `CONCURRENT_TXNS` are in flight.
+async fn send(
+    client: &V3Client,
+    txns: &mut JoinSet<Result<bool, ClientError>>,
+    ops: Vec<Op>,
+) -> Result<(), StepError> {
+    if txns.len() >= CONCURRENT_TXNS
+        && let Some(done) = txns.join_next().await
+    {
+        finished(done)?;
+    }
+    let client = client.clone();
+    txns.spawn(async move { client.txn(&[], &ops).await });
+    Ok(())
+}
+
+fn finished(done: Result<Result<bool, ClientError>, tokio::task::JoinError>) -> Result<(), StepError> {
+    match done.map_err(|e| StepError::Failed(e.to_string()))?? {
+        true => Ok(()),
+        false => Err(StepError::Failed("a copy transaction without conditions did not succeed".into())),
+    }
+}
+
+/// What the rebuilt member holds, read the same way as the dump was.
+async fn contents(etcd: &EtcdProcess) -> Result<Contents, StepError> {
+    let client = V3Client::connect(etcd.endpoint().clone()).await?;
+    let mut digest = ContentsDigest::default();
+    client
+        .for_each_page(&[0], &[0], 1000, async |kvs| {
+            kvs.iter().for_each(|kv| digest.add(kv));
+            Ok::<(), StepError>(())
+        })
+        .await?;
+    Ok(digest.finish())
+}
