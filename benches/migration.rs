@@ -30,19 +30,28 @@ fn main() {
         fs::write(record, now_nanos().to_string()).unwrap();
         return;
     }
+    // `cargo bench -- ttl backup` runs only those measurements (and leaves bench/results.md alone).
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let bench = Bench::new();
+    let measurements: [(&str, Measurement); 5] = [
+        ("overhead", &|b| vec![b.overhead_ratio()]),
+        ("noop", &|b| vec![b.noop_latency()]),
+        ("ttl", &|b| b.ttl_reattachment()),
+        ("backup", &|b| b.backup_throughput()),
+        ("size", &|b| vec![b.binary_size()]),
+    ];
     let mut rows = Vec::new();
-    let mut record = |new: Vec<Row>| {
-        for (what, result, aim) in &new {
-            println!("{what}: {result} (aim {aim})");
+    for (name, measure) in measurements {
+        if only.is_empty() || only.iter().any(|o| o == name) {
+            for (what, result, aim) in measure(&bench) {
+                println!("{what}: {result} (aim {aim})");
+                rows.push((what, result, aim));
+            }
         }
-        rows.extend(new);
-    };
-    record(vec![bench.overhead_ratio()]);
-    record(vec![bench.noop_latency()]);
-    record(bench.ttl_reattachment());
-    record(bench.backup_throughput());
-    record(vec![bench.binary_size()]);
+    }
+    if !only.is_empty() {
+        return;
+    }
 
     let mut table = String::from("| measurement | result | aim |\n|---|---|---|\n");
     for (what, result, aim) in &rows {
@@ -71,6 +80,7 @@ fn main() {
 }
 
 type Row = (String, String, String);
+type Measurement = &'static dyn Fn(&Bench) -> Vec<Row>;
 
 struct Bench {
     bin: PathBuf,

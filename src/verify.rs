@@ -74,7 +74,7 @@ pub async fn v3_summary(
     };
     let mut digest = KeyDigest::new();
     client
-        .for_each_page(&start, &end, 1000, async |kvs| {
+        .for_each_page(&start, &end, crate::client::v3::Page::with_values(1000), async |kvs| {
             for kv in kvs {
                 if !(like_v2 && hidden_from_v2(&kv.key[prefix.len()..])) {
                     digest.add(&kv.key, &kv.value);

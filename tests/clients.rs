@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use etcd_migrate::bbolt;
 use etcd_migrate::client::v2::V2Client;
-use etcd_migrate::client::v3::{MAX_TXN_OPS, Op, V3Client, prefix_end};
+use etcd_migrate::client::v3::{MAX_TXN_OPS, Op, Page, V3Client, prefix_end};
 use etcd_migrate::client::{ClientError, Endpoint, TlsFiles};
 use etcd_migrate::data_dir::db_path;
 use etcd_migrate::etcdctl::{Etcdctl, EtcdctlError, RestoreMember};
@@ -45,25 +45,33 @@ fn v3_client_pages_batches_and_leases_and_bbolt_reads_what_etcd_wrote() {
             assert!(info.ttl > 0 && info.ttl <= 600, "{info:?}");
 
             client.put(b"/registry/k/00007", b"rewritten", 0).await.unwrap();
-            let before_read = client.range_page(b"/", &[0], 1, 0).await.unwrap().revision;
+            let before_read = client.range_page(b"/", &[0], Page::with_values(1), 0).await.unwrap().revision;
             let mut seen = Vec::new();
             let mut pages = Vec::new();
             let read_at = client
-                .for_each_page(b"/registry/k/", &prefix_end(b"/registry/k/"), 1000, async |kvs| {
-                    if pages.is_empty() {
-                        // Written after the first page: later pages are read at the first page's revision.
-                        client.put(b"/registry/k/99999", b"too late", 0).await?;
-                    }
-                    pages.push(kvs.len());
-                    for kv in kvs {
-                        let rewritten = kv.key == b"/registry/k/00007";
-                        assert_eq!(kv.value, if rewritten { b"rewritten".to_vec() } else { kv.key.clone() });
-                        assert_eq!(kv.version, if rewritten { 2 } else { 1 });
-                        assert!(kv.create_revision <= kv.mod_revision && kv.mod_revision <= before_read);
-                        seen.push(kv.key);
-                    }
-                    Ok::<(), ClientError>(())
-                })
+                .for_each_page(
+                    b"/registry/k/",
+                    &prefix_end(b"/registry/k/"),
+                    Page::with_values(1000),
+                    async |kvs| {
+                        if pages.is_empty() {
+                            // Written after the first page: later pages are read at the first page's revision.
+                            client.put(b"/registry/k/99999", b"too late", 0).await?;
+                        }
+                        pages.push(kvs.len());
+                        for kv in kvs {
+                            let rewritten = kv.key == b"/registry/k/00007";
+                            assert_eq!(
+                                kv.value,
+                                if rewritten { b"rewritten".to_vec() } else { kv.key.clone() }
+                            );
+                            assert_eq!(kv.version, if rewritten { 2 } else { 1 });
+                            assert!(kv.create_revision <= kv.mod_revision && kv.mod_revision <= before_read);
+                            seen.push(kv.key);
+                        }
+                        Ok::<(), ClientError>(())
+                    },
+                )
                 .await
                 .unwrap();
             assert_eq!(pages, [1000, 1000, 500], "{version}: {KEYS} keys in pages of 1000");

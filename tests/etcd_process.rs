@@ -8,7 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use etcd_migrate::client::health;
-use etcd_migrate::client::v3::V3Client;
+use etcd_migrate::client::v3::{Page, V3Client};
 use etcd_migrate::etcd_process::{EtcdError, EtcdProcess, is_clean_stop};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -70,7 +70,7 @@ fn health_checks_write_nothing() {
 fn revision_and_v2_index(etcd: &TestEtcd) -> (i64, String) {
     block_on(async {
         let client = V3Client::connect(etcd.endpoint()).await.unwrap();
-        let revision = client.range_page(b"/", &[0], 1, 0).await.unwrap().revision;
+        let revision = client.range_page(b"/", &[0], Page::with_values(1), 0).await.unwrap().revision;
         let response =
             etcd.endpoint().http().get(format!("{}/v2/keys/", etcd.client_url)).send().await.unwrap();
         let index = response.headers()["x-etcd-index"].to_str().unwrap().to_string();

@@ -47,8 +47,38 @@ pub struct RangePage {
 /// One write in a transaction.
 #[derive(Debug, Clone)]
 pub enum Op {
-    Put { key: Vec<u8>, value: Vec<u8>, lease: i64 },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: i64,
+    },
+    /// Puts `key` on `lease`, keeping its value (`ignore_value`, etcd 3.2 and later): the value need not
+    /// travel to etcd and back.
+    AttachLease {
+        key: Vec<u8>,
+        lease: i64,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+}
+
+/// How a paginated range reads: how many keys a page holds, and whether their values come too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub size: i64,
+    pub keys_only: bool,
+}
+
+impl Page {
+    pub const fn with_values(size: i64) -> Page {
+        Page { size, keys_only: false }
+    }
+
+    /// Everything but the values (`keys_only`): for steps that need only keys and revisions.
+    pub const fn keys_only(size: i64) -> Page {
+        Page { size, keys_only: true }
+    }
 }
 
 /// A transaction condition: the key's mod revision equals `mod_revision`.
@@ -281,12 +311,12 @@ impl V3Client {
         &self,
         key: &[u8],
         range_end: &[u8],
-        limit: i64,
+        page: Page,
         revision: i64,
     ) -> Result<RangePage, ClientError> {
         let body = json!({
-            "key": encode(key), "range_end": encode(range_end), "limit": limit.to_string(),
-            "revision": revision.to_string(),
+            "key": encode(key), "range_end": encode(range_end), "limit": page.size.to_string(),
+            "revision": revision.to_string(), "keys_only": page.keys_only,
         });
         let raw: RawRange = self.post("/kv/range", &body).await?;
         let kvs = raw
@@ -311,7 +341,7 @@ impl V3Client {
         &self,
         start: &[u8],
         range_end: &[u8],
-        page_size: i64,
+        page: Page,
         mut each: impl AsyncFnMut(Vec<KeyValue>) -> Result<(), E>,
     ) -> Result<i64, E>
     where
@@ -320,7 +350,7 @@ impl V3Client {
         let mut key = start.to_vec();
         let mut revision = 0;
         loop {
-            let page = self.range_page(&key, range_end, page_size, revision).await?;
+            let page = self.range_page(&key, range_end, page, revision).await?;
             if revision == 0 {
                 revision = page.revision;
             }
@@ -356,6 +386,9 @@ impl V3Client {
             .map(|op| match op {
                 Op::Put { key, value, lease } => {
                     json!({"request_put": {"key": encode(key), "value": encode(value), "lease": lease.to_string()}})
+                }
+                Op::AttachLease { key, lease } => {
+                    json!({"request_put": {"key": encode(key), "lease": lease.to_string(), "ignore_value": true}})
                 }
                 Op::Delete { key } => json!({"request_delete_range": {"key": encode(key)}}),
             })

@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::StepError;
-use crate::client::v3::{KeyValue, V3Client};
+use crate::client::v3::{KeyValue, Page, V3Client};
 
 /// The shortest lease a copied key gets, in seconds.
 pub const MIN_TTL: i64 = 60;
@@ -60,7 +60,7 @@ impl Dump {
         let mut ttls: HashMap<i64, i64> = HashMap::new();
         let read_at = Instant::now();
         client
-            .for_each_page(start, end, 1000, async |kvs| {
+            .for_each_page(start, end, Page::with_values(1000), async |kvs| {
                 for kv in kvs {
                     visit(&kv)?;
                     let ttl = match kv.lease {

@@ -15,11 +15,11 @@ use tracing::info;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::client::ClientError;
-use crate::client::v3::{KeyValue, MAX_TXN_OPS, ModRevisionIs, Op, V3Client, prefix_end};
+use crate::client::v3::{KeyValue, MAX_TXN_OPS, ModRevisionIs, Op, Page, V3Client, prefix_end};
 
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-const PAGE: i64 = 1024;
+const PAGE: Page = Page::keys_only(1024);
 
 /// The remaining TTL of every key that had one, keyed by a 128-bit hash of the key: 24 bytes a key
 /// instead of the key itself, so a million expiring keys cost tens of megabytes less.
@@ -103,7 +103,7 @@ pub async fn attach(
                     }
                 };
                 let guard = ModRevisionIs { key: kv.key.clone(), mod_revision: kv.mod_revision };
-                batch.push((guard, Op::Put { key: kv.key, value: kv.value, lease }));
+                batch.push((guard, Op::AttachLease { key: kv.key, lease }));
             }
             for chunk in batch.chunks(MAX_TXN_OPS) {
                 in_flight.send(chunk.iter().cloned().unzip()).await?;

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::dump::Dump;
 use super::{Context, StepError};
 use crate::client::ClientError;
-use crate::client::v3::{KeyValue, MAX_TXN_OPS, Op, V3Client};
+use crate::client::v3::{KeyValue, MAX_TXN_OPS, Op, Page, V3Client};
 use crate::etcd_process::EtcdProcess;
 use crate::verify::{KeyDigest, Summary};
 use crate::version::{EtcdState, Storage, Version};
@@ -164,7 +164,7 @@ async fn contents(etcd: &EtcdProcess) -> Result<Contents, StepError> {
     let client = V3Client::connect(etcd.endpoint().clone()).await?;
     let mut digest = ContentsDigest::default();
     client
-        .for_each_page(&[0], &[0], 1000, async |kvs| {
+        .for_each_page(&[0], &[0], Page::with_values(1000), async |kvs| {
             kvs.iter().for_each(|kv| digest.add(kv));
             Ok::<(), StepError>(())
         })

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use etcd_migrate::client::v3::{KeyValue, V3Client};
+use etcd_migrate::client::v3::{KeyValue, Page, V3Client};
 use etcd_migrate::client::{ClientError, Endpoint, TlsFiles, health};
 use etcd_migrate::etcd_process::{EtcdError, EtcdProcess, EtcdSpec};
 use sha2::{Digest, Sha256};
@@ -469,7 +469,7 @@ impl TestEtcd {
             let client = V3Client::connect(self.endpoint()).await.unwrap();
             let mut all = Vec::new();
             client
-                .for_each_page(b"\0", &[0], 1000, async |kvs| {
+                .for_each_page(b"\0", &[0], Page::with_values(1000), async |kvs| {
                     all.extend(kvs);
                     Ok::<(), ClientError>(())
                 })
