@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use super::leases::{self, LeasePolicy, RemainingTtls};
+use super::leases::{self, LeasePolicy};
+use super::remaining_ttls::Collector;
 use super::{Context, StepError};
 use crate::backup;
 use crate::client::v2::V2Client;
@@ -28,24 +29,34 @@ use crate::version::{Storage, Version};
 /// `etcdctl migrate` reads the whole WAL; give it long enough for a large store.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-pub async fn run(ctx: &Context<'_>, at: Version, _journal: &mut Journal) -> Result<(), StepError> {
+pub async fn run(ctx: &Context<'_>, at: Version, journal: &mut Journal) -> Result<(), StepError> {
     let data_dir = ctx.data_dir.path();
     let prefix = ctx.config.data_prefix.trim_end_matches('/').to_string();
+    let work = ctx.data_dir.fresh_work_dir(journal.step.name())?;
+    let io = |context: &str| {
+        let context = format!("{context} in {}", work.display());
+        move |source| StepError::Io { context, source }
+    };
 
     let etcd = ctx.start_healthy(at, Storage::Etcd2, data_dir).await?;
     let mut source = KeyDigest::new();
-    let mut remaining = RemainingTtls::default();
+    let mut remaining = Collector::create(&work).map_err(io("keeping TTLs"))?;
+    let mut written = Ok(());
     V2Client::new(etcd.endpoint().clone())
         .for_each_leaf(&prefix, &mut |leaf| {
             source.add(leaf.key.as_bytes(), leaf.value.as_bytes());
-            if let Some(ttl) = leaf.ttl {
-                remaining.insert(&leaf.key, ttl);
+            if let Some(ttl) = leaf.ttl
+                && written.is_ok()
+            {
+                written = remaining.insert(&leaf.key, ttl);
             }
         })
         .await?;
+    written.map_err(io("keeping TTLs"))?;
     let read_at = Instant::now();
     ctx.stop(etcd).await?;
     let source = source.finish();
+    let remaining = remaining.finish().map_err(io("indexing TTLs"))?;
     info!(keys = source.count, digest = %source.digest, with_ttl = remaining.len(), "read the v2 data");
 
     let output = Etcdctl::new(ctx.config.etcdctl_binary(at)).migrate(data_dir, MIGRATE_TIMEOUT).await?;

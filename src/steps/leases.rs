@@ -4,41 +4,24 @@
 //! key keeps what remained of its own TTL, capped by `--ttl-lease-duration`. Keys with close expiry share
 //! a lease (TTLs are rounded up to a granule of 1/120 of the cap, 30 s for 1 h), so a million events
 //! need at most 120 leases. Keys under the TTL directory that had no TTL get the cap, as attachlease
-//! gave them. Writes go in transactions of up to 128 puts, each guarded by the key's mod revision, over a
-//! paginated range, so memory does not grow with the keyspace.
+//! gave them. Keys are read a page at a time without their values, and attached in transactions of up
+//! to 128 puts that keep the value (`ignore_value`), each guarded by the key's mod revision; the
+//! remaining TTLs are looked up on disk ([`RemainingTtls`]). Memory does not grow with the keyspace.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tracing::info;
-use xxhash_rust::xxh3::xxh3_128;
 
+use super::StepError;
+use super::remaining_ttls::RemainingTtls;
 use crate::client::ClientError;
 use crate::client::v3::{KeyValue, MAX_TXN_OPS, ModRevisionIs, Op, Page, V3Client, prefix_end};
 
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 const PAGE: Page = Page::keys_only(1024);
-
-/// The remaining TTL of every key that had one, keyed by a 128-bit hash of the key: 24 bytes a key
-/// instead of the key itself, so a million expiring keys cost tens of megabytes less.
-#[derive(Debug, Default)]
-pub struct RemainingTtls(HashMap<u128, i64>);
-
-impl RemainingTtls {
-    pub fn insert(&mut self, key: &str, ttl: i64) {
-        self.0.insert(xxh3_128(key.as_bytes()), ttl);
-    }
-
-    pub fn get(&self, key: &str) -> Option<i64> {
-        self.0.get(&xxh3_128(key.as_bytes())).copied()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-}
 
 /// What reattachment did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -65,15 +48,15 @@ impl LeasePolicy<'_> {
     }
 
     /// The lease TTL for `key`, or `None` for a key that never expires.
-    pub fn lease_ttl(&self, key: &str) -> Option<i64> {
+    pub fn lease_ttl(&self, key: &str) -> std::io::Result<Option<i64>> {
         let cap = self.cap.as_secs() as i64;
-        let remaining = match self.remaining.get(key) {
+        let remaining = match self.remaining.get(key)? {
             Some(ttl) => (ttl - self.elapsed.as_secs() as i64).max(1),
             None if key.starts_with(&format!("{}/", self.ttl_directory.trim_end_matches('/'))) => cap,
-            None => return None,
+            None => return Ok(None),
         };
         let granule = self.granule();
-        Some(((remaining + granule - 1) / granule * granule).min(cap).max(1))
+        Ok(Some(((remaining + granule - 1) / granule * granule).min(cap).max(1)))
     }
 }
 
@@ -82,7 +65,7 @@ pub async fn attach(
     client: &V3Client,
     prefix: &str,
     policy: &LeasePolicy<'_>,
-) -> Result<Attached, ClientError> {
+) -> Result<Attached, StepError> {
     let mut leases: HashMap<i64, i64> = HashMap::new();
     let mut in_flight =
         InFlight { txns: JoinSet::new(), attached: Attached::default(), client: client.clone() };
@@ -93,7 +76,12 @@ pub async fn attach(
         .for_each_page(start, &prefix_end(start), PAGE, async |kvs: Vec<KeyValue>| {
             let mut batch: Vec<(ModRevisionIs, Op)> = Vec::new();
             for kv in kvs {
-                let Some(ttl) = policy.lease_ttl(&String::from_utf8_lossy(&kv.key)) else { continue };
+                let key = String::from_utf8_lossy(&kv.key);
+                let ttl = policy.lease_ttl(&key).map_err(|source| StepError::Io {
+                    context: format!("looking up the TTL of {key}"),
+                    source,
+                })?;
+                let Some(ttl) = ttl else { continue };
                 let lease = match leases.get(&ttl) {
                     Some(&id) => id,
                     None => {
@@ -113,7 +101,7 @@ pub async fn attach(
                 let rate = in_flight.attached.keys as f64 / started.elapsed().as_secs_f64();
                 info!(keys = in_flight.attached.keys, rate = format_args!("{rate:.0}/s"), "attaching leases");
             }
-            Ok(())
+            Ok::<(), StepError>(())
         })
         .await?;
     let mut attached = in_flight.finish().await?;
@@ -137,7 +125,7 @@ struct InFlight {
     client: V3Client,
 }
 
-const MAX_IN_FLIGHT: usize = 16;
+const MAX_IN_FLIGHT: usize = 8;
 
 impl InFlight {
     async fn send(&mut self, (guards, ops): (Vec<ModRevisionIs>, Vec<Op>)) -> Result<(), ClientError> {
@@ -177,39 +165,32 @@ mod tests {
 
     #[test]
     fn keeps_remaining_ttls_rounded_up_to_a_granule_and_capped() {
-        let mut remaining = RemainingTtls::default();
+        let dir = std::env::temp_dir().join(format!("etcd-migrate-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut remaining = super::super::remaining_ttls::Collector::create(&dir).unwrap();
         for (key, ttl) in [
             ("/registry/events/a", 100),
             ("/registry/events/b", 7200),
             ("/registry/masterleases/x", 15),
             ("/registry/events/c", 3),
         ] {
-            remaining.insert(key, ttl);
+            remaining.insert(key, ttl).unwrap();
         }
+        let remaining = remaining.finish().unwrap();
         let policy = LeasePolicy {
             ttl_directory: "/registry/events",
             remaining: &remaining,
             elapsed: Duration::from_secs(5),
             cap: Duration::from_secs(3600),
         };
-        assert_eq!(
-            policy.lease_ttl("/registry/events/a"),
-            Some(120),
-            "95 s left, rounded up to 30 s granules"
-        );
-        assert_eq!(policy.lease_ttl("/registry/events/b"), Some(3600), "capped");
-        assert_eq!(
-            policy.lease_ttl("/registry/masterleases/x"),
-            Some(30),
-            "a TTL outside the directory is kept"
-        );
-        assert_eq!(
-            policy.lease_ttl("/registry/events/c"),
-            Some(30),
-            "expired while converting: the shortest lease"
-        );
-        assert_eq!(policy.lease_ttl("/registry/events/no-ttl"), Some(3600), "the directory's keys expire");
-        assert_eq!(policy.lease_ttl("/registry/eventsx/y"), None);
-        assert_eq!(policy.lease_ttl("/registry/pods/p"), None);
+        let ttl = |key| policy.lease_ttl(key).unwrap();
+        assert_eq!(ttl("/registry/events/a"), Some(120), "95 s left, rounded up to 30 s granules");
+        assert_eq!(ttl("/registry/events/b"), Some(3600), "capped");
+        assert_eq!(ttl("/registry/masterleases/x"), Some(30), "a TTL outside the directory is kept");
+        assert_eq!(ttl("/registry/events/c"), Some(30), "expired while converting: the shortest lease");
+        assert_eq!(ttl("/registry/events/no-ttl"), Some(3600), "the directory's keys expire");
+        assert_eq!(ttl("/registry/eventsx/y"), None);
+        assert_eq!(ttl("/registry/pods/p"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,6 +7,7 @@ mod dump;
 mod in_place;
 mod leases;
 mod logical_copy;
+mod remaining_ttls;
 mod rollback;
 
 use std::path::Path;
