@@ -331,7 +331,10 @@ impl Bench {
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .find(|l| l["message"] == "leases attached")
-            .expect("the conversion attached leases");
+            .unwrap_or_else(|| {
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                panic!("the conversion attached no leases; its last lines, newest first: {tail:#?}")
+            });
         vec![
             (
                 format!("TTL reattachment rate, {count} keys (one run)"),

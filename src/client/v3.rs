@@ -19,6 +19,9 @@ use crate::version::Version;
 /// etcd's default limit on operations in one transaction.
 pub const MAX_TXN_OPS: usize = 128;
 
+/// Keys per page of the keys-only pass that finds page bounds (see [`V3Client::for_each_page`]).
+const BOUNDS_SCAN_PAGE: i64 = 8192;
+
 #[derive(Debug, Clone)]
 pub struct V3Client {
     endpoint: Endpoint,
@@ -66,6 +69,7 @@ pub enum Op {
 /// How a paginated range reads: how many keys a page holds, and whether their values come too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Page {
+    /// Keys per page; 0 for no limit.
     pub size: i64,
     pub keys_only: bool,
 }
@@ -335,8 +339,13 @@ impl V3Client {
     }
 
     /// Calls `each` with every page of `[start, range_end)`, all read at one revision, in key order.
-    /// Returns that revision: the first page's. (Every answer's header carries the store's revision at
-    /// the time of the answer, not the one read at, so only the first header fixes it.)
+    /// Returns that revision.
+    ///
+    /// etcd before 3.5 applies a range's limit only after walking its index over the whole rest of the
+    /// range, so paging through a million keys a thousand at a time would walk half a billion index
+    /// entries. Pages are bounded ranges instead: a keys-only pass with large pages finds every
+    /// `page.size`-th key, then each page is read as `[bound, next bound)`, which walks only what it
+    /// returns.
     pub async fn for_each_page<E>(
         &self,
         start: &[u8],
@@ -347,24 +356,50 @@ impl V3Client {
     where
         E: From<ClientError>,
     {
-        let mut key = start.to_vec();
-        let mut revision = 0;
-        loop {
-            let page = self.range_page(&key, range_end, page, revision).await?;
-            if revision == 0 {
-                revision = page.revision;
-            }
-            let next = page.kvs.last().map(|kv| {
-                let mut next = kv.key.clone();
-                next.push(0);
-                next
-            });
-            each(page.kvs).await?;
-            match next {
-                Some(next) if page.more => key = next,
-                _ => return Ok(revision),
+        let (revision, bounds) = self.page_bounds(start, range_end, page.size).await?;
+        for (from, to) in bounds.iter().zip(&bounds[1..]) {
+            let kvs = self.range_page(from, to, Page { size: 0, ..page }, revision).await?.kvs;
+            if !kvs.is_empty() {
+                each(kvs).await?;
             }
         }
+        Ok(revision)
+    }
+
+    /// The revision `[start, range_end)` is read at (the first answer's: every header carries the store's
+    /// revision when it answered, not the one read at), and the page bounds: `start`, every `every`-th
+    /// key after it, and `range_end`.
+    async fn page_bounds(
+        &self,
+        start: &[u8],
+        range_end: &[u8],
+        every: i64,
+    ) -> Result<(i64, Vec<Vec<u8>>), ClientError> {
+        let mut bounds = vec![start.to_vec()];
+        let mut key = start.to_vec();
+        let mut revision = 0;
+        let mut seen = 0i64;
+        loop {
+            let scan = self.range_page(&key, range_end, Page::keys_only(BOUNDS_SCAN_PAGE), revision).await?;
+            if revision == 0 {
+                revision = scan.revision;
+            }
+            for kv in &scan.kvs {
+                if seen > 0 && seen % every == 0 {
+                    bounds.push(kv.key.clone());
+                }
+                seen += 1;
+            }
+            match scan.kvs.last() {
+                Some(last) if scan.more => {
+                    key = last.key.clone();
+                    key.push(0);
+                }
+                _ => break,
+            }
+        }
+        bounds.push(range_end.to_vec());
+        Ok((revision, bounds))
     }
 
     pub async fn put(&self, key: &[u8], value: &[u8], lease: i64) -> Result<(), ClientError> {
