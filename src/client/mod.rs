@@ -61,19 +61,22 @@ pub struct Endpoint {
     http: reqwest::Client,
 }
 
-/// Every request has a deadline: an etcd without quorum may otherwise hold a request forever. It is
-/// also the longest wait for the next bytes of any answer.
+/// Every request has a deadline: an etcd without quorum may otherwise hold a request forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The deadline of a request whose answer is streamed (a snapshot, a whole v2 tree): such an answer may
-/// take long in total, but it must keep moving, as every read is still bounded by `REQUEST_TIMEOUT`.
+/// take long in total, but it must keep moving, as every read is still bounded by `STALL_TIMEOUT`.
 pub(crate) const STREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest wait for the next bytes of an answer. Generous, because etcd's v2 API builds a whole tree
+/// listing before it sends the first byte: a million keys took over 10 s on a 2-core machine.
+const STALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Endpoint {
     pub fn new(base_url: &str, tls: &TlsFiles) -> Result<Endpoint, ClientError> {
         let mut builder = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
-            .read_timeout(REQUEST_TIMEOUT)
+            .read_timeout(STALL_TIMEOUT)
             .connect_timeout(Duration::from_secs(2))
             .no_proxy();
         if base_url.starts_with("https://") {
