@@ -377,13 +377,6 @@ fn utc_stamp(secs: u64) -> String {
 mod tests {
     use super::*;
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("etcd-migrate-backup-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     fn sample_data_dir(root: &Path) -> PathBuf {
         let data = root.join("data");
         fs::create_dir_all(data.join("member/snap")).unwrap();
@@ -407,7 +400,7 @@ mod tests {
 
     #[test]
     fn copies_verifies_and_excludes_the_migrators_state() {
-        let root = temp("copy");
+        let root = crate::test_dir("backup-copy");
         let data = sample_data_dir(&root);
         let policy = BackupPolicy { backup_dir: root.clone(), retention: 3 };
         let backup = create(&data, "3.4.23-etcd3", &policy).unwrap();
@@ -423,7 +416,7 @@ mod tests {
 
     #[test]
     fn verify_catches_a_flipped_byte() {
-        let root = temp("flip");
+        let root = crate::test_dir("backup-flip");
         let data = sample_data_dir(&root);
         let backup = create(&data, "x", &BackupPolicy { backup_dir: root.clone(), retention: 1 }).unwrap();
         let db = backup.path.join("member/snap/db");
@@ -436,7 +429,7 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_and_sweeps_partial_copies() {
-        let root = temp("retention");
+        let root = crate::test_dir("backup-retention");
         let data = sample_data_dir(&root);
         let policy = BackupPolicy { backup_dir: root.clone(), retention: 2 };
         fs::create_dir_all(root.join("data-backup-old-19700101T000000Z.partial")).unwrap();
@@ -451,7 +444,7 @@ mod tests {
 
     #[test]
     fn restore_brings_back_the_member_exactly() {
-        let root = temp("restore");
+        let root = crate::test_dir("backup-restore");
         let data = sample_data_dir(&root);
         let backup = create(&data, "x", &BackupPolicy { backup_dir: root.clone(), retention: 1 }).unwrap();
         fs::write(data.join("member/snap/db"), b"converted").unwrap();

@@ -158,13 +158,10 @@ impl EtcdProcess {
         loop {
             let child = self.child.as_mut().expect("a running etcd has a child");
             if let Some(status) = child.try_wait().map_err(|source| self.wait_error(source))? {
-                for reader in self.log_readers.drain(..) {
-                    let _ = tokio::time::timeout(LOG_DRAIN, reader).await;
-                }
                 return Err(EtcdError::Exited {
                     binary: self.spec.binary.clone(),
                     status,
-                    last_lines: self.last_log_lines(),
+                    last_lines: self.final_log_lines().await,
                 });
             }
             let request_timeout =
@@ -218,14 +215,20 @@ impl EtcdProcess {
                 child.wait().await.map_err(|source| self.wait_error(source))?
             }
         };
-        for reader in self.log_readers.drain(..) {
-            let _ = tokio::time::timeout(LOG_DRAIN, reader).await;
-        }
-        let last_lines = self.last_log_lines();
+        let last_lines = self.final_log_lines().await;
         if !is_clean_stop(&status) {
             warn!(binary, %status, ?last_lines, "etcd did not exit cleanly when stopped");
         }
         Ok(Stopped { status, last_lines })
+    }
+
+    /// The last lines of an etcd that has exited, once its output is read to the end (or `LOG_DRAIN`
+    /// has passed).
+    async fn final_log_lines(&mut self) -> Vec<String> {
+        for reader in self.log_readers.drain(..) {
+            let _ = tokio::time::timeout(LOG_DRAIN, reader).await;
+        }
+        self.last_log_lines()
     }
 
     fn wait_error(&self, source: std::io::Error) -> EtcdError {

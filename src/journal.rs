@@ -86,8 +86,7 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let dir = std::env::temp_dir().join(format!("etcd-migrate-journal-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("journal");
         assert_eq!(read(&dir).unwrap(), None);
         let journal = Journal {
             step: Step::InPlace {

@@ -81,16 +81,9 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("etcd-migrate-vf-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn writes_and_reads_back() {
-        let dir = temp_dir("rw");
+        let dir = crate::test_dir("vf-rw");
         assert_eq!(read(&dir).unwrap(), None);
         let state: EtcdState = "3.4.23/etcd3".parse().unwrap();
         write(&dir, state).unwrap();
@@ -104,7 +97,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_files_naming_them() {
-        let dir = temp_dir("bad");
+        let dir = crate::test_dir("vf-bad");
         for content in ["", "garbage", "3.4/etcd3", "3.4.23/etcd4", "3.4.23/etcd3 junk", "3.4.23/etcd3\n\n"] {
             fs::write(path(&dir), content).unwrap();
             let err = read(&dir).unwrap_err();

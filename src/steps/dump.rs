@@ -106,6 +106,6 @@ impl Dump {
     }
 }
 
-pub fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StepError + '_ {
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StepError + '_ {
     move |source| StepError::Io { context: path.display().to_string(), source }
 }

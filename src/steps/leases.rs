@@ -11,12 +11,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
 use tracing::info;
 
 use super::StepError;
+use super::in_flight::InFlight;
 use super::remaining_ttls::RemainingTtls;
-use crate::client::ClientError;
 use crate::client::v3::{KeyValue, MAX_TXN_OPS, ModRevisionIs, Op, Page, V3Client, prefix_end};
 
 /// How often progress is logged.
@@ -67,8 +66,7 @@ pub async fn attach(
     policy: &LeasePolicy<'_>,
 ) -> Result<Attached, StepError> {
     let mut leases: HashMap<i64, i64> = HashMap::new();
-    let mut in_flight =
-        InFlight { txns: JoinSet::new(), attached: Attached::default(), client: client.clone() };
+    let mut in_flight = InFlight::new(client);
     let started = Instant::now();
     let mut last_report = started;
     let start = prefix.as_bytes();
@@ -94,18 +92,18 @@ pub async fn attach(
                 batch.push((guard, Op::AttachLease { key: kv.key, lease }));
             }
             for chunk in batch.chunks(MAX_TXN_OPS) {
-                in_flight.send(chunk.iter().cloned().unzip()).await?;
+                let (guards, ops) = chunk.iter().cloned().unzip();
+                in_flight.send(guards, ops).await?;
             }
             if last_report.elapsed() >= PROGRESS_EVERY {
                 last_report = Instant::now();
-                let rate = in_flight.attached.keys as f64 / started.elapsed().as_secs_f64();
-                info!(keys = in_flight.attached.keys, rate = format_args!("{rate:.0}/s"), "attaching leases");
+                let rate = in_flight.written() as f64 / started.elapsed().as_secs_f64();
+                info!(keys = in_flight.written(), rate = format_args!("{rate:.0}/s"), "attaching leases");
             }
             Ok::<(), StepError>(())
         })
         .await?;
-    let mut attached = in_flight.finish().await?;
-    attached.leases = leases.len() as u64;
+    let attached = Attached { keys: in_flight.finish().await?, leases: leases.len() as u64 };
     let rate = attached.keys as f64 / started.elapsed().as_secs_f64().max(1e-9);
     info!(
         keys = attached.keys,
@@ -116,57 +114,13 @@ pub async fn attach(
     Ok(attached)
 }
 
-/// Transactions on their way, at most `MAX_IN_FLIGHT` at once. Keeping several in flight, across pages,
-/// lets etcd commit concurrent proposals in one raft batch and one WAL fsync: that is what makes
-/// reattachment fast, while the bound keeps memory flat.
-struct InFlight {
-    txns: JoinSet<Result<(bool, usize), ClientError>>,
-    attached: Attached,
-    client: V3Client,
-}
-
-const MAX_IN_FLIGHT: usize = 8;
-
-impl InFlight {
-    async fn send(&mut self, (guards, ops): (Vec<ModRevisionIs>, Vec<Op>)) -> Result<(), ClientError> {
-        while self.txns.len() >= MAX_IN_FLIGHT {
-            self.complete_one().await?;
-        }
-        let client = self.client.clone();
-        self.txns.spawn(async move { client.txn(&guards, &ops).await.map(|done| (done, ops.len())) });
-        Ok(())
-    }
-
-    async fn complete_one(&mut self) -> Result<(), ClientError> {
-        let Some(result) = self.txns.join_next().await else { return Ok(()) };
-        let failed = |message: String| ClientError::Protocol {
-            url: self.client.endpoint().base_url().to_string(),
-            message,
-        };
-        let (done, count) = result.map_err(|e| failed(e.to_string()))??;
-        if !done {
-            return Err(failed("a key changed while its lease was being attached".into()));
-        }
-        self.attached.keys += count as u64;
-        Ok(())
-    }
-
-    async fn finish(mut self) -> Result<Attached, ClientError> {
-        while !self.txns.is_empty() {
-            self.complete_one().await?;
-        }
-        Ok(self.attached)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn keeps_remaining_ttls_rounded_up_to_a_granule_and_capped() {
-        let dir = std::env::temp_dir().join(format!("etcd-migrate-policy-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("policy");
         let mut remaining = super::super::remaining_ttls::Collector::create(&dir).unwrap();
         for (key, ttl) in [
             ("/registry/events/a", 100),

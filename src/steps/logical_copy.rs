@@ -9,19 +9,16 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::dump::Dump;
+use super::in_flight::InFlight;
 use super::{Context, StepError};
-use crate::client::ClientError;
 use crate::client::v3::{KeyValue, MAX_TXN_OPS, Op, Page, V3Client};
 use crate::etcd_process::EtcdProcess;
 use crate::verify::{KeyDigest, Summary};
 use crate::version::{EtcdState, Storage, Version};
 
-/// Transactions in flight at once.
-const CONCURRENT_TXNS: usize = 8;
 /// Bytes of keys and values per transaction, well under etcd's default request limit (1.5 MiB).
 const TXN_BYTES: usize = 512 * 1024;
 
@@ -103,7 +100,7 @@ pub async fn rebuild(
 /// the keys in transactions of at most `MAX_TXN_OPS` puts and `TXN_BYTES` bytes.
 async fn import(client: &V3Client, dump: &Dump) -> Result<(), StepError> {
     let mut leases: HashMap<i64, i64> = HashMap::new();
-    let mut txns: JoinSet<Result<bool, ClientError>> = JoinSet::new();
+    let mut txns = InFlight::new(client);
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     for record in dump.records()? {
@@ -121,42 +118,17 @@ async fn import(client: &V3Client, dump: &Dump) -> Result<(), StepError> {
         };
         let size = record.key.len() + record.value.len();
         if !batch.is_empty() && (batch.len() == MAX_TXN_OPS || batch_bytes + size > TXN_BYTES) {
-            send(client, &mut txns, std::mem::take(&mut batch)).await?;
+            txns.send(Vec::new(), std::mem::take(&mut batch)).await?;
             batch_bytes = 0;
         }
         batch.push(Op::Put { key: record.key, value: record.value, lease });
         batch_bytes += size;
     }
     if !batch.is_empty() {
-        send(client, &mut txns, batch).await?;
+        txns.send(Vec::new(), batch).await?;
     }
-    while let Some(done) = txns.join_next().await {
-        finished(done)?;
-    }
+    txns.finish().await?;
     Ok(())
-}
-
-/// Starts a transaction of `ops`, first waiting for one to finish if `CONCURRENT_TXNS` are in flight.
-async fn send(
-    client: &V3Client,
-    txns: &mut JoinSet<Result<bool, ClientError>>,
-    ops: Vec<Op>,
-) -> Result<(), StepError> {
-    if txns.len() >= CONCURRENT_TXNS
-        && let Some(done) = txns.join_next().await
-    {
-        finished(done)?;
-    }
-    let client = client.clone();
-    txns.spawn(async move { client.txn(&[], &ops).await });
-    Ok(())
-}
-
-fn finished(done: Result<Result<bool, ClientError>, tokio::task::JoinError>) -> Result<(), StepError> {
-    match done.map_err(|e| StepError::Failed(e.to_string()))?? {
-        true => Ok(()),
-        false => Err(StepError::Failed("a copy transaction without conditions did not succeed".into())),
-    }
 }
 
 /// What the rebuilt member holds, read the same way as the dump was.

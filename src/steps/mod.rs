@@ -4,6 +4,7 @@
 mod convert;
 mod downgrade;
 mod dump;
+mod in_flight;
 mod in_place;
 mod leases;
 mod logical_copy;

@@ -114,8 +114,7 @@ mod tests {
 
     #[test]
     fn every_key_is_found_with_its_ttl_and_others_are_not() {
-        let dir = std::env::temp_dir().join(format!("etcd-migrate-ttls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("ttls");
         let mut collector = Collector::create(&dir).unwrap();
         for i in 0..20_000 {
             collector.insert(&format!("/registry/events/ns/e{i}"), i % 3600 + 1).unwrap();
@@ -136,8 +135,7 @@ mod tests {
 
     #[test]
     fn an_empty_table_answers_none() {
-        let dir = std::env::temp_dir().join(format!("etcd-migrate-ttls-empty-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("ttls-empty");
         let ttls = Collector::create(&dir).unwrap().finish().unwrap();
         assert_eq!(ttls.len(), 0);
         assert_eq!(ttls.get("/registry/events/x").unwrap(), None);
