@@ -72,7 +72,7 @@ pub async fn attach(
     let start = prefix.as_bytes();
     client
         .for_each_page(start, &prefix_end(start), PAGE, async |kvs: Vec<KeyValue>| {
-            let mut batch: Vec<(ModRevisionIs, Op)> = Vec::new();
+            let (mut guards, mut ops) = (Vec::new(), Vec::new());
             for kv in kvs {
                 let key = String::from_utf8_lossy(&kv.key);
                 let ttl = policy.lease_ttl(&key).map_err(|source| StepError::Io {
@@ -88,11 +88,13 @@ pub async fn attach(
                         id
                     }
                 };
-                let guard = ModRevisionIs { key: kv.key.clone(), mod_revision: kv.mod_revision };
-                batch.push((guard, Op::AttachLease { key: kv.key, lease }));
+                guards.push(ModRevisionIs { key: kv.key.clone(), mod_revision: kv.mod_revision });
+                ops.push(Op::AttachLease { key: kv.key, lease });
+                if ops.len() == MAX_TXN_OPS {
+                    in_flight.send(std::mem::take(&mut guards), std::mem::take(&mut ops)).await?;
+                }
             }
-            for chunk in batch.chunks(MAX_TXN_OPS) {
-                let (guards, ops) = chunk.iter().cloned().unzip();
+            if !ops.is_empty() {
                 in_flight.send(guards, ops).await?;
             }
             if last_report.elapsed() >= PROGRESS_EVERY {
