@@ -400,9 +400,10 @@ mod tests {
 
     #[test]
     fn copies_verifies_and_excludes_the_migrators_state() {
-        let root = crate::test_dir("backup-copy");
-        let data = sample_data_dir(&root);
-        let policy = BackupPolicy { backup_dir: root.clone(), retention: 3 };
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path();
+        let data = sample_data_dir(root);
+        let policy = BackupPolicy { backup_dir: root.to_path_buf(), retention: 3 };
         let backup = create(&data, "3.4.23-etcd3", &policy).unwrap();
         assert!(backup.path.file_name().unwrap().to_string_lossy().starts_with("data-backup-3.4.23-etcd3-"));
         assert_eq!(fs::read(backup.path.join("member/snap/db")).unwrap(), vec![7u8; 3 << 20]);
@@ -411,27 +412,28 @@ mod tests {
         assert_eq!(fs::metadata(&backup.path).unwrap().permissions().mode() & 0o777, 0o700);
         assert_eq!((backup.files, backup.bytes), (4, (3 << 20) + 3 + 13));
         assert_eq!(verify(&backup.path).unwrap(), backup);
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn verify_catches_a_flipped_byte() {
-        let root = crate::test_dir("backup-flip");
-        let data = sample_data_dir(&root);
-        let backup = create(&data, "x", &BackupPolicy { backup_dir: root.clone(), retention: 1 }).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path();
+        let data = sample_data_dir(root);
+        let backup =
+            create(&data, "x", &BackupPolicy { backup_dir: root.to_path_buf(), retention: 1 }).unwrap();
         let db = backup.path.join("member/snap/db");
         let mut bytes = fs::read(&db).unwrap();
         bytes[12345] ^= 1;
         fs::write(&db, bytes).unwrap();
         assert!(matches!(verify(&backup.path).unwrap_err(), BackupError::Mismatch { .. }));
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn keeps_the_newest_and_sweeps_partial_copies() {
-        let root = crate::test_dir("backup-retention");
-        let data = sample_data_dir(&root);
-        let policy = BackupPolicy { backup_dir: root.clone(), retention: 2 };
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path();
+        let data = sample_data_dir(root);
+        let policy = BackupPolicy { backup_dir: root.to_path_buf(), retention: 2 };
         fs::create_dir_all(root.join("data-backup-old-19700101T000000Z.partial")).unwrap();
         let made: Vec<PathBuf> =
             (0..4).map(|i| create(&data, &format!("v{i}"), &policy).unwrap().path).collect();
@@ -439,20 +441,20 @@ mod tests {
         assert_eq!(kept.len(), 2);
         assert!(kept.contains(&made[3]) && kept.contains(&made[2]), "{kept:?}");
         assert!(!root.join("data-backup-old-19700101T000000Z.partial").exists());
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn restore_brings_back_the_member_exactly() {
-        let root = crate::test_dir("backup-restore");
-        let data = sample_data_dir(&root);
-        let backup = create(&data, "x", &BackupPolicy { backup_dir: root.clone(), retention: 1 }).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path();
+        let data = sample_data_dir(root);
+        let backup =
+            create(&data, "x", &BackupPolicy { backup_dir: root.to_path_buf(), retention: 1 }).unwrap();
         fs::write(data.join("member/snap/db"), b"converted").unwrap();
         fs::write(data.join("member/extra"), b"new").unwrap();
         restore(&backup.path, &data).unwrap();
         assert_eq!(fs::read(data.join("member/snap/db")).unwrap(), vec![7u8; 3 << 20]);
         assert!(!data.join("member/extra").exists());
         assert!(!data.join(".etcd-migrate/work/restore").exists());
-        fs::remove_dir_all(&root).unwrap();
     }
 }

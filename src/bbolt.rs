@@ -289,12 +289,37 @@ pub fn cluster_version(db: &Path) -> Result<Option<Version>, BboltError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
-    fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
-        let path = std::env::temp_dir().join(format!("etcd-migrate-bbolt-{name}-{}", std::process::id()));
-        std::fs::write(&path, bytes).unwrap();
-        path
+    /// A real `member/snap/db` written by etcd 3.5.16; `tests/fixtures/README.md` says how it was made.
+    const REAL_DB: &[u8] = include_bytes!("../tests/fixtures/etcd-3.5.16.db");
+    /// The fixture's puts: one revision each in bucket `key`.
+    const REAL_REVISIONS: u64 = 151;
+
+    fn write_db(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), bytes).unwrap();
+        file
+    }
+
+    /// Reads `db` as the migrator does; any error must be `Corrupt`, since the file itself is readable.
+    fn read_as_the_migrator_does(bytes: &[u8]) {
+        let db = write_db(bytes);
+        for result in [cluster_version(db.path()).map(drop), count_keys(db.path(), b"key").map(drop)] {
+            if let Err(err) = result {
+                assert!(matches!(err, BboltError::Corrupt { .. }), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn reads_a_real_etcd_db() {
+        let db = write_db(REAL_DB);
+        assert_eq!(cluster_version(db.path()).unwrap(), Some("3.5.0".parse().unwrap()));
+        assert_eq!(count_keys(db.path(), b"key").unwrap(), REAL_REVISIONS);
+        assert_eq!(count_keys(db.path(), b"no-such-bucket").unwrap(), 0);
     }
 
     #[test]
@@ -304,10 +329,37 @@ mod tests {
             ("text", b"hello, this is not a database".repeat(400)),
             ("zeros", vec![0u8; 16384]),
         ] {
-            let path = temp_file(name, &bytes);
-            let err = cluster_version(&path).unwrap_err();
+            let db = write_db(&bytes);
+            let err = cluster_version(db.path()).unwrap_err();
             assert!(matches!(err, BboltError::Corrupt { .. }), "{name}: {err}");
-            std::fs::remove_file(path).unwrap();
+        }
+    }
+
+    /// Anywhere in the file, or, as often, in a page's header and element table: most of the file is
+    /// key and value bytes, which the reader never interprets.
+    fn flip_offset() -> impl Strategy<Value = usize> {
+        let pages = REAL_DB.len() / 4096;
+        prop_oneof![
+            0..REAL_DB.len(),
+            (0..pages, 0..PAGE_HEADER + 20 * ELEMENT).prop_map(|(p, at)| p * 4096 + at)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn a_truncated_real_db_is_an_error_never_a_panic(len in 0..REAL_DB.len()) {
+            read_as_the_migrator_does(&REAL_DB[..len]);
+        }
+
+        #[test]
+        fn a_bit_flipped_real_db_is_an_error_never_a_panic(
+            flips in proptest::collection::vec((flip_offset(), 0..8u8), 1..16)
+        ) {
+            let mut bytes = REAL_DB.to_vec();
+            for (at, bit) in flips {
+                bytes[at] ^= 1 << bit;
+            }
+            read_as_the_migrator_does(&bytes);
         }
     }
 

@@ -309,11 +309,11 @@ mod tests {
 
     #[test]
     fn a_second_lock_is_refused() {
-        let dir = std::env::temp_dir().join(format!("etcd-migrate-lock-{}", std::process::id()));
-        let first = DataDir::open_locked(&dir).unwrap();
-        assert!(matches!(DataDir::open_locked(&dir).unwrap_err(), DataDirError::Locked { .. }));
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
+        let first = DataDir::open_locked(dir).unwrap();
+        assert!(matches!(DataDir::open_locked(dir).unwrap_err(), DataDirError::Locked { .. }));
         drop(first);
-        DataDir::open_locked(&dir).unwrap();
-        fs::remove_dir_all(&dir).unwrap();
+        DataDir::open_locked(dir).unwrap();
     }
 }

@@ -86,8 +86,9 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let dir = crate::test_dir("journal");
-        assert_eq!(read(&dir).unwrap(), None);
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
+        assert_eq!(read(dir).unwrap(), None);
         let journal = Journal {
             step: Step::InPlace {
                 from: "3.3.25/etcd3".parse().unwrap(),
@@ -96,14 +97,13 @@ mod tests {
             backup: Some("/b".into()),
             rebuilt_inode: None,
         };
-        write(&dir, &journal).unwrap();
-        assert_eq!(read(&dir).unwrap(), Some(journal));
-        let text = fs::read_to_string(path(&dir)).unwrap();
+        write(dir, &journal).unwrap();
+        assert_eq!(read(dir).unwrap(), Some(journal));
+        let text = fs::read_to_string(path(dir)).unwrap();
         assert!(text.contains("\"kind\": \"in_place\"") && text.contains("3.4.23/etcd3"), "{text}");
-        clear(&dir).unwrap();
-        assert_eq!(read(&dir).unwrap(), None);
-        fs::write(path(&dir), "{").unwrap();
-        assert!(matches!(read(&dir).unwrap_err(), JournalError::Damaged { .. }));
-        fs::remove_dir_all(&dir).unwrap();
+        clear(dir).unwrap();
+        assert_eq!(read(dir).unwrap(), None);
+        fs::write(path(dir), "{").unwrap();
+        assert!(matches!(read(dir).unwrap_err(), JournalError::Damaged { .. }));
     }
 }

@@ -22,12 +22,3 @@ pub mod swap;
 pub mod verify;
 pub mod version;
 pub mod version_file;
-
-/// A fresh, empty directory for a unit test, named after it and this process.
-#[cfg(test)]
-pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("etcd-migrate-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}

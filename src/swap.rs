@@ -77,7 +77,8 @@ mod tests {
 
     #[test]
     fn exchanges_members_and_recognises_the_rebuilt_one() {
-        let root = std::env::temp_dir().join(format!("etcd-migrate-swap-{}", std::process::id()));
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path();
         let (data, work) = (root.join("data"), root.join("work"));
         fs::create_dir_all(data.join("member")).unwrap();
         fs::create_dir_all(work.join("member")).unwrap();
@@ -89,12 +90,12 @@ mod tests {
         assert_eq!(fs::read_to_string(data.join("member/which")).unwrap(), "new");
         assert_eq!(fs::read_to_string(work.join("member/which")).unwrap(), "old");
         assert!(swapped_in(&data, &work, rebuilt).unwrap());
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn finishes_a_two_rename_swap_cut_in_the_middle() {
-        let root = std::env::temp_dir().join(format!("etcd-migrate-swap-cut-{}", std::process::id()));
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path();
         let (data, work) = (root.join("data"), root.join("work"));
         fs::create_dir_all(&data).unwrap();
         fs::create_dir_all(work.join("member")).unwrap();
@@ -104,6 +105,5 @@ mod tests {
         assert!(swapped_in(&data, &work, rebuilt).unwrap());
         assert_eq!(fs::read_to_string(data.join("member/which")).unwrap(), "new");
         assert!(work.join("member").is_dir());
-        fs::remove_dir_all(&root).unwrap();
     }
 }

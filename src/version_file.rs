@@ -83,31 +83,33 @@ mod tests {
 
     #[test]
     fn writes_and_reads_back() {
-        let dir = crate::test_dir("vf-rw");
-        assert_eq!(read(&dir).unwrap(), None);
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
+        assert_eq!(read(dir).unwrap(), None);
         let state: EtcdState = "3.4.23/etcd3".parse().unwrap();
-        write(&dir, state).unwrap();
-        assert_eq!(read(&dir).unwrap(), Some(state));
-        assert_eq!(fs::read_to_string(path(&dir)).unwrap(), "3.4.23/etcd3\n");
+        write(dir, state).unwrap();
+        assert_eq!(read(dir).unwrap(), Some(state));
+        assert_eq!(fs::read_to_string(path(dir)).unwrap(), "3.4.23/etcd3\n");
         assert!(!dir.join(TEMP_NAME).exists());
-        fs::write(path(&dir), "3.5.16/etcd3").unwrap();
-        assert_eq!(read(&dir).unwrap(), Some("3.5.16/etcd3".parse().unwrap()));
-        fs::remove_dir_all(&dir).unwrap();
+        fs::write(path(dir), "3.5.16/etcd3").unwrap();
+        assert_eq!(read(dir).unwrap(), Some("3.5.16/etcd3".parse().unwrap()));
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn rejects_bad_files_naming_them() {
-        let dir = crate::test_dir("vf-bad");
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         for content in ["", "garbage", "3.4/etcd3", "3.4.23/etcd4", "3.4.23/etcd3 junk", "3.4.23/etcd3\n\n"] {
-            fs::write(path(&dir), content).unwrap();
-            let err = read(&dir).unwrap_err();
+            fs::write(path(dir), content).unwrap();
+            let err = read(dir).unwrap_err();
             assert!(matches!(err, VersionFileError::Invalid { .. }), "{content:?}");
             assert!(err.to_string().contains("version.txt"), "{err}");
             assert!(err.to_string().contains("X.Y.Z/etcdN"), "{err}");
         }
-        fs::remove_file(path(&dir)).unwrap();
-        fs::create_dir(path(&dir)).unwrap();
-        assert!(matches!(read(&dir).unwrap_err(), VersionFileError::NotAFile { .. }));
-        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_file(path(dir)).unwrap();
+        fs::create_dir(path(dir)).unwrap();
+        assert!(matches!(read(dir).unwrap_err(), VersionFileError::NotAFile { .. }));
+        fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -122,8 +122,9 @@ mod tests {
 
     #[test]
     fn keeps_remaining_ttls_rounded_up_to_a_granule_and_capped() {
-        let dir = crate::test_dir("policy");
-        let mut remaining = super::super::remaining_ttls::Collector::create(&dir).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
+        let mut remaining = super::super::remaining_ttls::Collector::create(dir).unwrap();
         for (key, ttl) in [
             ("/registry/events/a", 100),
             ("/registry/events/b", 7200),
@@ -147,6 +148,5 @@ mod tests {
         assert_eq!(ttl("/registry/events/no-ttl"), Some(3600), "the directory's keys expire");
         assert_eq!(ttl("/registry/eventsx/y"), None);
         assert_eq!(ttl("/registry/pods/p"), None);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -114,8 +114,9 @@ mod tests {
 
     #[test]
     fn every_key_is_found_with_its_ttl_and_others_are_not() {
-        let dir = crate::test_dir("ttls");
-        let mut collector = Collector::create(&dir).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
+        let mut collector = Collector::create(dir).unwrap();
         for i in 0..20_000 {
             collector.insert(&format!("/registry/events/ns/e{i}"), i % 3600 + 1).unwrap();
         }
@@ -130,15 +131,14 @@ mod tests {
         for missing in ["/registry/events/ns/e20000", "/registry/pods/p", ""] {
             assert_eq!(ttls.get(missing).unwrap(), None, "{missing}");
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn an_empty_table_answers_none() {
-        let dir = crate::test_dir("ttls-empty");
-        let ttls = Collector::create(&dir).unwrap().finish().unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
+        let ttls = Collector::create(dir).unwrap().finish().unwrap();
         assert_eq!(ttls.len(), 0);
         assert_eq!(ttls.get("/registry/events/x").unwrap(), None);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
