@@ -43,7 +43,7 @@ pub struct EtcdSpec {
     pub initial_cluster: String,
     /// `None`: etcd's default (`new`).
     pub initial_cluster_state: Option<String>,
-    /// Serve the v2 API (`--enable-v2=true`): off by default from 3.4, on in 3.3, which accepts the flag.
+    /// Pass `--enable-v2=true`: only releases with the flag accept it (see `release::Capabilities`).
     pub enable_v2: bool,
     /// Extra flags (`ETCD_CREDS`): TLS files and the like.
     pub extra_args: Vec<String>,

@@ -16,6 +16,7 @@ pub mod logging;
 pub mod migrate;
 pub mod plan;
 pub mod preflight;
+pub mod release;
 pub mod report;
 pub mod steps;
 pub mod swap;

@@ -2,17 +2,20 @@
 //! inputs (no files, no processes), so every path can be tested exhaustively without etcd.
 //!
 //! Rules, from etcd's own constraints:
-//! - etcd moves one minor at a time, upwards in place; each intermediate minor runs at its highest bundled
-//!   patch, the target's own version last.
+//! - etcd moves one minor at a time, upwards in place, and leaves each minor from its highest bundled
+//!   patch (etcd's upgrade policy), the target's own version last. Where etcd documents a patch floor for
+//!   the next minor (3.5.26 for 3.6), a lower highest patch is refused before anything runs.
 //! - Data opened by a newer minor is refused by an older one ("cluster cannot be downgraded"), so a
 //!   downgrade rebuilds the data one minor at a time from a snapshot.
-//! - v2-store data (`etcd2`) is converted with `etcdctl migrate`, which only etcdctl 3.0–3.4 have.
+//! - v2-store data (`etcd2`) is converted with `etcdctl migrate`, which only etcdctl 3.0–3.4 have; 3.6
+//!   and later have no v2 store at all.
 //! - etcd3 → etcd2 is a logical copy, only sensible when the API server wrote JSON.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::release;
 use crate::version::{EtcdState, Minor, Storage, Version};
 
 /// The media type that an etcd2-era API server can read back; rollback to etcd2 requires it.
@@ -49,6 +52,10 @@ pub enum PlanError {
         "rolling back to etcd2 needs STORAGE_MEDIA_TYPE={JSON_MEDIA_TYPE} (got {0}): an etcd2-era API server cannot read protobuf data; nothing was changed"
     )]
     RollbackNeedsJson(String),
+    #[error(
+        "etcd documents {to}.x as safe only from {floor} or later, and the newest bundled {from_minor}.x is {from}: bundle etcd {floor} or later"
+    )]
+    BelowFloor { from: Version, from_minor: Minor, floor: Version, to: Minor },
     #[error("cannot migrate {from} to {to}: {reason}")]
     Unsupported { from: EtcdState, to: EtcdState, reason: &'static str },
     #[error(
@@ -185,6 +192,9 @@ impl Planner<'_> {
             if !(2..=3).contains(&state.version.major) {
                 return Err(self.unsupported("only etcd 2.x and 3.x are known"));
             }
+            if state.storage == Storage::Etcd2 && !release::capabilities(state.version).v2_store {
+                return Err(self.unsupported("etcd 3.6 and later have no v2 store (etcd2 data)"));
+            }
         }
         if !self.bundled.contains(&target.version) {
             return Err(PlanError::TargetNotBundled(target.version));
@@ -219,32 +229,49 @@ impl Planner<'_> {
         self.highest_patch(minor).ok_or(PlanError::MissingMinor { minor, purpose })
     }
 
-    /// In-place steps from `from` up to `to` within one storage: one per minor, then `to` itself.
+    /// In-place steps from `from` up to `to` within one storage: each minor is left from its highest
+    /// bundled patch (checked against the next minor's documented floor), then `to` itself.
     fn upgrade(&self, from: EtcdState, to: Version) -> Result<Vec<Step>, PlanError> {
-        let storage = from.storage;
         let mut steps = Vec::new();
         let mut at = from;
-        let mut minor = from.version.minor();
-        while minor < to.minor() {
-            minor = minor.next().ok_or_else(|| self.unsupported("no known minor follows the current one"))?;
-            let version = if minor == to.minor() {
+        let mut step_to = |at: &mut EtcdState, version: Version| {
+            let next = EtcdState::new(version, from.storage);
+            steps.push(Step::InPlace { from: *at, to: next });
+            *at = next;
+        };
+        while at.version.minor() < to.minor() {
+            let minor = at.version.minor();
+            if let Some(newest) = self.highest_patch(minor).filter(|&newest| newest > at.version) {
+                step_to(&mut at, newest);
+            }
+            let next_minor =
+                minor.next().ok_or_else(|| self.unsupported("no known minor follows the current one"))?;
+            let version = if next_minor == to.minor() {
                 to
             } else {
-                self.require_patch(minor, "pass through it on the way up")?
+                self.require_patch(next_minor, "pass through it on the way up")?
             };
-            let next = EtcdState::new(version, storage);
-            steps.push(Step::InPlace { from: at, to: next });
-            at = next;
+            if let Some(floor) = release::capabilities(version).upgrade_floor
+                && at.version < floor
+            {
+                return Err(PlanError::BelowFloor {
+                    from: at.version,
+                    from_minor: minor,
+                    floor,
+                    to: next_minor,
+                });
+            }
+            step_to(&mut at, version);
         }
         if at.version != to {
-            steps.push(Step::InPlace { from: at, to: EtcdState::new(to, storage) });
+            step_to(&mut at, to);
         }
         Ok(steps)
     }
 
     fn convert(&self) -> Result<Vec<Step>, PlanError> {
         let (current, target) = (self.current, self.target);
-        let can_migrate = |v: &Version| v.major == 3 && v.minor <= 4;
+        let can_migrate = |v: &Version| release::capabilities(*v).etcdctl_migrate;
         let mut candidates = self
             .bundled
             .iter()
@@ -339,10 +366,53 @@ mod tests {
             render("3.3.25/etcd3", "3.5.1/etcd3", BUNDLE, PROTOBUF).unwrap(),
             ["in-place 3.3.25/etcd3 -> 3.4.23/etcd3", "in-place 3.4.23/etcd3 -> 3.5.1/etcd3"]
         );
+        // A minor is left from its highest bundled patch, as etcd's upgrade policy asks.
         assert_eq!(
             render("3.3.1/etcd3", "3.4.23/etcd3", BUNDLE, PROTOBUF).unwrap(),
-            ["in-place 3.3.1/etcd3 -> 3.4.23/etcd3"]
+            ["in-place 3.3.1/etcd3 -> 3.3.25/etcd3", "in-place 3.3.25/etcd3 -> 3.4.23/etcd3"]
         );
+    }
+
+    const LINEAGE: &str = "2.2.1 2.3.7 3.0.17 3.1.20 3.2.32 3.3.25 3.4.23 3.5.1 3.5.16 3.5.30 3.6.14 3.7.1";
+
+    #[test]
+    fn reaches_3_7_through_the_newest_3_5_and_3_6() {
+        assert_eq!(
+            render("3.4.23/etcd3", "3.7.1/etcd3", LINEAGE, PROTOBUF).unwrap(),
+            [
+                "in-place 3.4.23/etcd3 -> 3.5.30/etcd3",
+                "in-place 3.5.30/etcd3 -> 3.6.14/etcd3",
+                "in-place 3.6.14/etcd3 -> 3.7.1/etcd3",
+            ]
+        );
+        assert_eq!(
+            render("3.5.1/etcd3", "3.6.14/etcd3", LINEAGE, PROTOBUF).unwrap(),
+            ["in-place 3.5.1/etcd3 -> 3.5.30/etcd3", "in-place 3.5.30/etcd3 -> 3.6.14/etcd3"]
+        );
+    }
+
+    #[test]
+    fn refuses_a_minor_whose_documented_floor_is_not_bundled() {
+        let err = render("3.4.23/etcd3", "3.6.14/etcd3", "3.4.23 3.5.1 3.5.16 3.6.14", PROTOBUF).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::BelowFloor {
+                from: Version::new(3, 5, 16),
+                from_minor: Minor::new(3, 5),
+                floor: Version::new(3, 5, 26),
+                to: Minor::new(3, 6)
+            }
+        );
+        assert!(err.to_string().contains("bundle etcd 3.5.26 or later"), "{err}");
+        let err = render("3.6.0/etcd3", "3.7.1/etcd3", "3.7.1", PROTOBUF).unwrap_err();
+        assert!(matches!(err, PlanError::BelowFloor { floor, .. } if floor == Version::new(3, 6, 11)));
+    }
+
+    #[test]
+    fn etcd2_data_never_reaches_a_release_without_a_v2_store() {
+        let err = render("3.4.23/etcd2", "3.6.14/etcd2", LINEAGE, PROTOBUF).unwrap_err();
+        assert!(matches!(err, PlanError::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains("no v2 store"), "{err}");
     }
 
     #[test]
@@ -509,8 +579,14 @@ mod tests {
     fn every_pair_plans_a_chain_or_refuses() {
         let grid =
             versions("2.2.1 2.3.7 3.3.30 3.0.17 3.1.20 3.2.32 3.3.1 3.3.25 3.4.23 3.5.1 3.5.16 3.6.0 3.7.1");
-        let bundles =
-            [BUNDLE, "2.3.7 3.0.17 3.1.20 3.2.32 3.3.25 3.4.23 3.5.16", "3.5.16", "3.3.25 3.5.16", ""];
+        let bundles = [
+            BUNDLE,
+            LINEAGE,
+            "2.3.7 3.0.17 3.1.20 3.2.32 3.3.25 3.4.23 3.5.16",
+            "3.5.16",
+            "3.3.25 3.5.16",
+            "",
+        ];
         let mut planned = 0;
         for bundle in bundles {
             let bundled = versions(bundle);

@@ -9,14 +9,15 @@ use crate::backup;
 use crate::config::Config;
 use crate::etcd_process::{self, EtcdError};
 use crate::plan::Plan;
+use crate::release::{self, Tool, VersionQuery};
 use crate::version::Version;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     #[error("{path} is missing or not executable: bundle etcd {version} in the bin dir")]
     MissingBinary { path: PathBuf, version: Version },
-    #[error("{path} --version does not report {version}: the bin dir holds the wrong binary")]
-    WrongBinary { path: PathBuf, version: Version },
+    #[error("{path} {command} does not report {version}: the bin dir holds the wrong binary")]
+    WrongBinary { path: PathBuf, command: String, version: Version },
     #[error("{path} is not writable: {message}")]
     NotWritable { path: PathBuf, message: String },
     #[error(
@@ -40,13 +41,11 @@ pub fn check(config: &Config, plan: &Plan) -> Result<(), PreflightError> {
             .iter()
             .flat_map(|&version| {
                 [
-                    (config.etcd_binary(version), "--version", version, "etcd Version: "),
-                    (config.etcdctl_binary(version), "version", version, "etcdctl version: "),
+                    (config.etcd_binary(version), release::version_query(Tool::Etcd, version)),
+                    (config.etcdctl_binary(version), release::version_query(Tool::Etcdctl, version)),
                 ]
             })
-            .map(|(path, arg, version, prefix)| {
-                scope.spawn(move || check_binary(&path, arg, version, prefix))
-            })
+            .map(|(path, query)| scope.spawn(move || check_binary(&path, &query)))
             .collect();
         checks.into_iter().try_for_each(|check| check.join().expect("a binary check does not panic"))
     })?;
@@ -69,7 +68,6 @@ pub fn check(config: &Config, plan: &Plan) -> Result<(), PreflightError> {
     check_space(&config.data_dir, size * rebuilds)
 }
 
-/// Runs `path arg` (which prints the version and needs no server) and looks for `<prefix><version>`.
 /// The one check every run makes, even one with nothing to do: the etcd it will exec is there. A stat,
 /// not a run, to keep the no-op path fast.
 pub fn check_target_binary(config: &Config) -> Result<(), PreflightError> {
@@ -80,15 +78,22 @@ pub fn check_target_binary(config: &Config) -> Result<(), PreflightError> {
     if executable { Ok(()) } else { Err(PreflightError::MissingBinary { path, version }) }
 }
 
-fn check_binary(path: &Path, arg: &str, version: Version, prefix: &str) -> Result<(), PreflightError> {
-    let missing = || PreflightError::MissingBinary { path: path.to_path_buf(), version };
-    let output = Command::new(path).arg(arg).env("ETCDCTL_API", "3").output().map_err(|_| missing())?;
-    let expected = format!("{prefix}{version}");
-    let reported = String::from_utf8_lossy(&output.stdout);
-    if reported.lines().any(|line| line.trim() == expected) {
+/// Runs the binary's version query (which needs no server) and looks for the line naming its version.
+fn check_binary(path: &Path, query: &VersionQuery) -> Result<(), PreflightError> {
+    let missing = || PreflightError::MissingBinary { path: path.to_path_buf(), version: query.version };
+    let output = Command::new(path)
+        .args(query.args)
+        .envs(query.env.iter().copied())
+        .output()
+        .map_err(|_| missing())?;
+    if query.reported_by(&String::from_utf8_lossy(&output.stdout)) {
         Ok(())
     } else {
-        Err(PreflightError::WrongBinary { path: path.to_path_buf(), version })
+        Err(PreflightError::WrongBinary {
+            path: path.to_path_buf(),
+            command: query.args.join(" "),
+            version: query.version,
+        })
     }
 }
 

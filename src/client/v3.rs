@@ -1,4 +1,4 @@
-//! etcd's v3 API through its JSON gateway (`/v3beta` on 3.3, `/v3` on 3.4 and later).
+//! etcd's v3 API through its JSON gateway (its prefix per release: `release::Capabilities::v3_gateway`).
 //!
 //! Keys and values travel base64-encoded and 64-bit integers as strings (numbers are accepted too).
 //! Ranges are paginated at a fixed revision so that reading a million keys holds one page in memory, and
@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{ClientError, Endpoint, STREAM_TIMEOUT};
+use crate::release;
 use crate::version::Version;
 
 /// etcd's default limit on operations in one transaction.
@@ -26,6 +27,7 @@ const BOUNDS_SCAN_PAGE: i64 = 8192;
 pub struct V3Client {
     endpoint: Endpoint,
     prefix: &'static str,
+    server: Version,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +57,8 @@ pub enum Op {
         value: Vec<u8>,
         lease: i64,
     },
-    /// Puts `key` on `lease`, keeping its value (`ignore_value`, etcd 3.2 and later): the value need not
-    /// travel to etcd and back.
+    /// Puts `key` on `lease`, keeping its value (`ignore_value`; only where
+    /// `release::Capabilities::put_ignore_value`): the value need not travel to etcd and back.
     AttachLease {
         key: Vec<u8>,
         lease: i64,
@@ -271,7 +273,16 @@ impl V3Client {
         let version: Version = release.parse().map_err(|e: crate::version::ParseError| {
             ClientError::Protocol { url: endpoint.url("/version"), message: e.to_string() }
         })?;
-        Ok(V3Client { endpoint, prefix: gateway_prefix(version) })
+        let prefix = release::capabilities(version).v3_gateway.ok_or_else(|| ClientError::Protocol {
+            url: endpoint.url("/version"),
+            message: format!("etcd {version} has no v3 API"),
+        })?;
+        Ok(V3Client { endpoint, prefix, server: version })
+    }
+
+    /// The release of the server this client talks to.
+    pub fn server_version(&self) -> Version {
+        self.server
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -500,16 +511,6 @@ impl V3Client {
     }
 }
 
-/// The gateway prefix a server of `version` serves the v3 API under: 3.3 is the last with `/v3alpha`
-/// and the first with `/v3beta`; `/v3` arrived in 3.4.
-fn gateway_prefix(version: Version) -> &'static str {
-    match (version.major, version.minor) {
-        (3, ..=2) => "/v3alpha",
-        (3, 3) => "/v3beta",
-        _ => "/v3",
-    }
-}
-
 /// Hashes a snapshot stream as it passes, holding back its last 32 bytes: etcd appends the SHA-256 of
 /// the database to the stream, so the held-back bytes at the end must equal the hash of everything else.
 #[derive(Default)]
@@ -554,14 +555,6 @@ mod tests {
         assert_eq!(prefix_end(b"/registry/"), b"/registry0");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff\xff"), b"\0");
-    }
-
-    #[test]
-    fn picks_the_gateway_prefix_by_server_version() {
-        assert_eq!(gateway_prefix(Version::new(3, 2, 32)), "/v3alpha");
-        assert_eq!(gateway_prefix(Version::new(3, 3, 25)), "/v3beta");
-        assert_eq!(gateway_prefix(Version::new(3, 4, 23)), "/v3");
-        assert_eq!(gateway_prefix(Version::new(3, 5, 16)), "/v3");
     }
 
     #[test]

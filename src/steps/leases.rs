@@ -7,6 +7,8 @@
 //! gave them. Keys are read a page at a time without their values, and attached in transactions of up
 //! to 128 puts that keep the value (`ignore_value`), each guarded by the key's mod revision; the
 //! remaining TTLs are looked up on disk ([`RemainingTtls`]). Memory does not grow with the keyspace.
+//! etcd 3.0 and 3.1 have no `ignore_value` (3.0 refuses it, 3.1 would blank the value): there the pages
+//! carry the values and each put writes the value back unchanged.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -17,10 +19,11 @@ use super::StepError;
 use super::in_flight::InFlight;
 use super::remaining_ttls::RemainingTtls;
 use crate::client::v3::{KeyValue, MAX_TXN_OPS, ModRevisionIs, Op, Page, V3Client, prefix_end};
+use crate::release;
 
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-const PAGE: Page = Page::keys_only(1024);
+const PAGE_SIZE: i64 = 1024;
 
 /// What reattachment did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -70,8 +73,10 @@ pub async fn attach(
     let started = Instant::now();
     let mut last_report = started;
     let start = prefix.as_bytes();
+    let keep_value = release::capabilities(client.server_version()).put_ignore_value;
+    let page = if keep_value { Page::keys_only(PAGE_SIZE) } else { Page::with_values(PAGE_SIZE) };
     client
-        .for_each_page(start, &prefix_end(start), PAGE, async |kvs: Vec<KeyValue>| {
+        .for_each_page(start, &prefix_end(start), page, async |kvs: Vec<KeyValue>| {
             let (mut guards, mut ops) = (Vec::new(), Vec::new());
             for kv in kvs {
                 let key = String::from_utf8_lossy(&kv.key);
@@ -89,7 +94,11 @@ pub async fn attach(
                     }
                 };
                 guards.push(ModRevisionIs { key: kv.key.clone(), mod_revision: kv.mod_revision });
-                ops.push(Op::AttachLease { key: kv.key, lease });
+                ops.push(if keep_value {
+                    Op::AttachLease { key: kv.key, lease }
+                } else {
+                    Op::Put { key: kv.key, value: kv.value, lease }
+                });
                 if ops.len() == MAX_TXN_OPS {
                     in_flight.send(std::mem::take(&mut guards), std::mem::take(&mut ops)).await?;
                 }

@@ -23,6 +23,7 @@ use crate::etcd_process::{EtcdError, EtcdProcess, EtcdSpec};
 use crate::etcdctl::EtcdctlError;
 use crate::journal::{self, Journal, JournalError};
 use crate::plan::Step;
+use crate::release;
 use crate::swap;
 use crate::verify::Summary;
 use crate::version::{Storage, Version};
@@ -57,7 +58,7 @@ pub struct Context<'a> {
 
 impl Context<'_> {
     /// How to start etcd `version` on `data_dir` as this member, on the hidden ports. The v2 API is turned
-    /// on for etcd2 data (3.4 and later have it off by default; 3.3 accepts the flag).
+    /// on for etcd2 data where a flag is needed for it (3.3–3.5; older releases always serve it).
     pub fn etcd_spec(&self, version: Version, storage: Storage, data_dir: &Path) -> EtcdSpec {
         let config = self.config;
         EtcdSpec {
@@ -69,7 +70,7 @@ impl Context<'_> {
             initial_advertise_peer_urls: config.initial_advertise_peer_urls.clone(),
             initial_cluster: config.initial_cluster.clone(),
             initial_cluster_state: None,
-            enable_v2: storage == Storage::Etcd2,
+            enable_v2: storage == Storage::Etcd2 && release::capabilities(version).enable_v2_flag,
             extra_args: config.extra_args.clone(),
         }
     }

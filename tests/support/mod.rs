@@ -16,6 +16,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use etcd_migrate::client::v3::{KeyValue, Page, V3Client};
 use etcd_migrate::client::{ClientError, Endpoint, TlsFiles, health};
 use etcd_migrate::etcd_process::{EtcdError, EtcdProcess, EtcdSpec};
+use etcd_migrate::release;
 use sha2::{Digest, Sha256};
 
 /// The directory holding etcd-X.Y.Z and etcdctl-X.Y.Z.
@@ -179,7 +180,8 @@ impl Drop for TestEtcd {
     }
 }
 
-/// How the fixtures run etcd `version`: member `name` at `peer_url`, a free client port, the v2 API on.
+/// How the fixtures run etcd `version`: member `name` at `peer_url`, a free client port, the v2 API on
+/// wherever it has one.
 pub fn etcd_spec(version: &str, data_dir: &Path, name: &str, peer_url: &str, extra: &[&str]) -> EtcdSpec {
     EtcdSpec {
         binary: etcd(version),
@@ -190,7 +192,7 @@ pub fn etcd_spec(version: &str, data_dir: &Path, name: &str, peer_url: &str, ext
         initial_advertise_peer_urls: peer_url.into(),
         initial_cluster: format!("{name}={peer_url}"),
         initial_cluster_state: None,
-        enable_v2: true,
+        enable_v2: release::capabilities(version.parse().unwrap()).enable_v2_flag,
         extra_args: extra.iter().map(|s| s.to_string()).collect(),
     }
 }

@@ -1,0 +1,196 @@
+//! What each etcd release can do: the one place that knows how etcd changed from 2.2 to 3.7, measured
+//! on the real releases (see `shared/etcd-releases/README.md` and `shared/etcd-facts.md`). Everything
+//! here is a property of a release's minor (and, for upgrade floors, of the minor it comes from); the
+//! planner, preflight, the steps and the tests ask [`capabilities`] instead of comparing versions.
+
+use crate::version::{Minor, Version};
+
+/// What etcd `major.minor` offers. Built by [`capabilities`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Keeps a v2 store, so it can open etcd2 data and serve `/v2/keys` (2.x–3.5; gone in 3.6).
+    pub v2_store: bool,
+    /// Has the `--enable-v2` flag (3.3–3.5). Older releases always serve v2 and exit 2 on the flag;
+    /// 3.4 and 3.5 serve v2 only with it.
+    pub enable_v2_flag: bool,
+    /// Where the v3 JSON gateway is served, `None` before 3.0. 3.0–3.2 serve only `/v3alpha`; 3.3 also
+    /// `/v3beta` (used); 3.4 and later `/v3`.
+    pub v3_gateway: Option<&'static str>,
+    /// A v3 put may keep the stored value or lease (`ignore_value`, `ignore_lease`; 3.2 and later). 3.0
+    /// rejects the fields (HTTP 400 `unknown field`); 3.1 ignores them and writes an empty value.
+    pub put_ignore_value: bool,
+    /// `ETCDCTL_API=3 etcdctl migrate` copies a stopped member's v2 store into its v3 store (3.0–3.4).
+    pub etcdctl_migrate: bool,
+    /// etcdctl speaks the v2 API unless `ETCDCTL_API=3` is set (3.0–3.3); 3.6 and later warn on the
+    /// variable, and 2.x speaks only v2.
+    pub etcdctl_needs_api_3: bool,
+    /// Ships `etcdutl`, the offline data tool (3.5 and later).
+    pub etcdutl: bool,
+    /// Has the online downgrade API (`etcdctl downgrade validate|enable`; 3.6 and later) and records
+    /// a storage version in its backend.
+    pub downgrade_api: bool,
+    /// The lowest patch of the previous minor that etcd documents as safe to upgrade to this minor
+    /// from; `None` where etcd documents none.
+    pub upgrade_floor: Option<Version>,
+}
+
+/// The patch of 3.5 that etcd's 3.5 → 3.6 upgrade guide requires: 3.5.24 to 3.5.26 fix the upgrade
+/// blockers (learner/zombie member records that 3.6 refuses). The guide's later recommendation of
+/// 3.5.32 is for its tooling (a WAL-aware `etcdutl check v2store`, which etcdutl 3.6.13 and later have
+/// too, and `--v2-deprecation=write-only-skip-check`, which this tool never uses), not for the data.
+pub const FLOOR_FOR_3_6: Version = Version::new(3, 5, 26);
+/// The patch of 3.6 that etcd's 3.6 → 3.7 upgrade guide requires.
+pub const FLOOR_FOR_3_7: Version = Version::new(3, 6, 11);
+
+/// What etcd `version` can do. Releases newer than any known here are assumed to behave like the
+/// newest known one.
+pub fn capabilities(version: Version) -> Capabilities {
+    let Minor { major, minor } = version.minor();
+    let v3 = major >= 3;
+    let at_least = |m: u32| v3 && (major > 3 || minor >= m);
+    Capabilities {
+        v2_store: !at_least(6),
+        enable_v2_flag: at_least(3) && !at_least(6),
+        v3_gateway: match (major, minor) {
+            (2, _) => None,
+            (3, ..=2) => Some("/v3alpha"),
+            (3, 3) => Some("/v3beta"),
+            _ => Some("/v3"),
+        },
+        put_ignore_value: at_least(2),
+        etcdctl_migrate: v3 && !at_least(5),
+        etcdctl_needs_api_3: v3 && !at_least(6),
+        etcdutl: at_least(5),
+        downgrade_api: at_least(6),
+        upgrade_floor: match (major, minor) {
+            (3, 6) => Some(FLOOR_FOR_3_6),
+            (3, 7) => Some(FLOOR_FOR_3_7),
+            _ => None,
+        },
+    }
+}
+
+/// A bundled command-line tool of a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    Etcd,
+    Etcdctl,
+    Etcdutl,
+}
+
+impl Tool {
+    /// The tool's name, as its bundled file is named (`<name>-X.Y.Z`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Tool::Etcd => "etcd",
+            Tool::Etcdctl => "etcdctl",
+            Tool::Etcdutl => "etcdutl",
+        }
+    }
+}
+
+/// How to ask `tool` of release `version` for its version, without a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionQuery {
+    pub version: Version,
+    pub args: &'static [&'static str],
+    /// Environment the query needs (`ETCDCTL_API=3` for etcdctl 3.0–3.5).
+    pub env: &'static [(&'static str, &'static str)],
+    /// The line of its standard output that names `version`.
+    pub expected_line: String,
+}
+
+/// The query that makes `tool` of release `version` print its version: `etcd --version` prints
+/// `etcd Version: X`; etcdctl 2.x `--version` prints `etcdctl version X` (no colon, and no `version`
+/// command); etcdctl 3.x and etcdutl print `etcdctl version: X` for `version` (3.4 and later have no
+/// `--version` flag).
+pub fn version_query(tool: Tool, version: Version) -> VersionQuery {
+    let caps = capabilities(version);
+    let (args, line): (&'static [&'static str], String) = match tool {
+        Tool::Etcd => (&["--version"], format!("etcd Version: {version}")),
+        Tool::Etcdctl if version.major < 3 => (&["--version"], format!("etcdctl version {version}")),
+        Tool::Etcdctl | Tool::Etcdutl => (&["version"], format!("{} version: {version}", tool.name())),
+    };
+    let env: &'static [(&'static str, &'static str)] =
+        if tool == Tool::Etcdctl && caps.etcdctl_needs_api_3 { &[("ETCDCTL_API", "3")] } else { &[] };
+    VersionQuery { version, args, env, expected_line: line }
+}
+
+impl VersionQuery {
+    /// Whether `stdout` of the query reports the expected version.
+    pub fn reported_by(&self, stdout: &str) -> bool {
+        stdout.lines().any(|line| line.trim() == self.expected_line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(version: &str) -> Capabilities {
+        capabilities(version.parse().unwrap())
+    }
+
+    #[test]
+    fn the_v2_store_and_its_flag() {
+        for (version, store, flag) in [
+            ("2.2.1", true, false),
+            ("3.0.17", true, false),
+            ("3.2.32", true, false),
+            ("3.3.25", true, true),
+            ("3.5.30", true, true),
+            ("3.6.14", false, false),
+            ("3.7.1", false, false),
+        ] {
+            assert_eq!((caps(version).v2_store, caps(version).enable_v2_flag), (store, flag), "{version}");
+        }
+    }
+
+    #[test]
+    fn the_v3_gateway_prefix() {
+        assert_eq!(caps("2.3.7").v3_gateway, None);
+        assert_eq!(caps("3.0.17").v3_gateway, Some("/v3alpha"));
+        assert_eq!(caps("3.2.32").v3_gateway, Some("/v3alpha"));
+        assert_eq!(caps("3.3.25").v3_gateway, Some("/v3beta"));
+        assert_eq!(caps("3.4.23").v3_gateway, Some("/v3"));
+        assert_eq!(caps("3.7.1").v3_gateway, Some("/v3"));
+    }
+
+    #[test]
+    fn which_releases_convert_keep_values_and_downgrade_online() {
+        let with = |pick: fn(Capabilities) -> bool| -> Vec<&str> {
+            ["2.3.7", "3.0.17", "3.1.20", "3.2.32", "3.3.25", "3.4.23", "3.5.16", "3.6.14", "3.7.1"]
+                .into_iter()
+                .filter(|v| pick(caps(v)))
+                .collect()
+        };
+        assert_eq!(with(|c| c.etcdctl_migrate), ["3.0.17", "3.1.20", "3.2.32", "3.3.25", "3.4.23"]);
+        assert_eq!(with(|c| c.put_ignore_value), ["3.2.32", "3.3.25", "3.4.23", "3.5.16", "3.6.14", "3.7.1"]);
+        assert_eq!(with(|c| c.etcdutl), ["3.5.16", "3.6.14", "3.7.1"]);
+        assert_eq!(with(|c| c.downgrade_api), ["3.6.14", "3.7.1"]);
+    }
+
+    #[test]
+    fn floors_for_the_minors_that_document_one() {
+        assert_eq!(caps("3.6.14").upgrade_floor, Some(Version::new(3, 5, 26)));
+        assert_eq!(caps("3.7.1").upgrade_floor, Some(Version::new(3, 6, 11)));
+        assert_eq!(caps("3.5.30").upgrade_floor, None);
+    }
+
+    #[test]
+    fn how_each_tool_reports_its_version() {
+        let query = |tool, v: &str| version_query(tool, v.parse().unwrap());
+        let etcdctl_2 = query(Tool::Etcdctl, "2.3.7");
+        assert_eq!(etcdctl_2.args, ["--version"]);
+        assert!(etcdctl_2.reported_by("etcdctl version 2.3.7\n"));
+        assert!(!etcdctl_2.reported_by("etcdctl version 2.2.1\n"));
+        let etcdctl_3 = query(Tool::Etcdctl, "3.0.17");
+        assert_eq!((etcdctl_3.args, etcdctl_3.env), (&["version"][..], &[("ETCDCTL_API", "3")][..]));
+        assert!(etcdctl_3.reported_by("etcdctl version: 3.0.17\nAPI version: 3.0\n"));
+        let etcdctl_36 = query(Tool::Etcdctl, "3.6.14");
+        assert_eq!(etcdctl_36.env, &[][..]);
+        assert!(etcdctl_36.reported_by("etcdctl version: 3.6.14\nAPI version: 3.6\n"));
+        assert!(query(Tool::Etcdutl, "3.7.1").reported_by("etcdutl version: 3.7.1\nAPI version: 3.7\n"));
+        assert!(query(Tool::Etcd, "2.2.1").reported_by("etcd Version: 2.2.1\nGit SHA: 75f8282ee\n"));
+    }
+}
