@@ -8,7 +8,7 @@
 //! cannot happen, because retention never touches the newest.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,9 +16,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::data_dir::STATE_DIR;
+use crate::data_dir::{DataDir, DataDirError, STATE_DIR, member_dir};
+use crate::durable::{self, sync_dir};
 use crate::swap;
-use crate::version_file::sync_dir;
 
 const MANIFEST: &str = "BACKUP-MANIFEST.json";
 const PARTIAL: &str = ".partial";
@@ -53,6 +53,8 @@ pub enum BackupError {
     Mismatch { path: PathBuf, what: String },
     #[error("{path} is not a complete backup: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> BackupError + '_ {
@@ -90,11 +92,9 @@ pub fn create(data_dir: &Path, label: &str, policy: &BackupPolicy) -> Result<Bac
             bytes,
             digest,
         };
-        write_synced(
-            &staging.join(MANIFEST),
-            &serde_json::to_vec_pretty(&backup).expect("a manifest serializes"),
-        )?;
-        sync_dir(&staging).map_err(io_error(&staging))?;
+        let manifest = staging.join(MANIFEST);
+        durable::replace(&manifest, &serde_json::to_vec_pretty(&backup).expect("a manifest serializes"))
+            .map_err(io_error(&manifest))?;
         crate::faults::pause("backup");
         fs::rename(&staging, &path).map_err(io_error(&path))?;
         sync_dir(&policy.backup_dir).map_err(io_error(&policy.backup_dir))?;
@@ -198,18 +198,15 @@ pub fn size_of(data_dir: &Path) -> Result<u64, BackupError> {
 
 /// Replaces `member/` in the data dir with the backup's, atomically: the backup's member is verified,
 /// copied beside the live one, and swapped in; the old member is removed only after that.
-pub fn restore(backup: &Path, data_dir: &Path) -> Result<(), BackupError> {
+pub fn restore(backup: &Path, data_dir: &DataDir) -> Result<(), BackupError> {
     verify(backup)?;
-    let work = data_dir.join(STATE_DIR).join("work").join("restore");
-    if work.exists() {
-        fs::remove_dir_all(&work).map_err(io_error(&work))?;
-    }
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(&work).map_err(io_error(&work))?;
+    let work = data_dir.fresh_work_dir("restore")?;
     copy_and_verify(&backup.join("member"), &work.join("member"))?;
-    if data_dir.join("member").exists() {
+    let (data_dir, live) = (data_dir.path(), member_dir(data_dir.path()));
+    if live.exists() {
         swap::swap_member(data_dir, &work).map_err(io_error(data_dir))?;
     } else {
-        fs::rename(work.join("member"), data_dir.join("member")).map_err(io_error(data_dir))?;
+        fs::rename(work.join("member"), &live).map_err(io_error(data_dir))?;
         sync_dir(data_dir).map_err(io_error(data_dir))?;
     }
     fs::remove_dir_all(&work).map_err(io_error(&work))
@@ -352,11 +349,6 @@ fn hash_file(path: &Path) -> Result<(u64, Vec<u8>), BackupError> {
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), BackupError> {
-    let mut file = File::create(path).map_err(io_error(path))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io_error(path))
-}
-
 /// `YYYYMMDDTHHMMSSZ` for a Unix time (civil-from-days, proleptic Gregorian).
 fn utc_stamp(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
@@ -452,7 +444,7 @@ mod tests {
             create(&data, "x", &BackupPolicy { backup_dir: root.to_path_buf(), retention: 1 }).unwrap();
         fs::write(data.join("member/snap/db"), b"converted").unwrap();
         fs::write(data.join("member/extra"), b"new").unwrap();
-        restore(&backup.path, &data).unwrap();
+        restore(&backup.path, &DataDir::open_locked(&data).unwrap()).unwrap();
         assert_eq!(fs::read(data.join("member/snap/db")).unwrap(), vec![7u8; 3 << 20]);
         assert!(!data.join("member/extra").exists());
         assert!(!data.join(".etcd-migrate/work/restore").exists());

@@ -1,7 +1,8 @@
 //! The data directory: its lock, its layout, and what it holds.
 //!
-//! Besides etcd's own `member/`, the data dir holds `version.txt`, our lock file and `.etcd-migrate/`
-//! (the journal of an unfinished step and the work dirs of rebuilding steps). Keeping them inside the data
+//! Besides etcd's own `member/`, the data dir holds `version.txt` and the migrator's state dir
+//! `.etcd-migrate/`: `journal.json` (the step under way) and `work/<step>/` (where rebuilding steps
+//! assemble a member). This module is the one place that names these paths. Keeping them inside the data
 //! dir keeps them on the same file system as `member/`, so swapping a rebuilt member in is one atomic
 //! rename, and a crash can never leave a data dir that looks fresh while a step is unfinished.
 
@@ -16,6 +17,8 @@ use crate::version_file::{self, VersionFileError};
 
 pub const STATE_DIR: &str = ".etcd-migrate";
 const MEMBER_DIR: &str = "member";
+const JOURNAL: &str = "journal.json";
+const WORK_DIR: &str = "work";
 
 /// etcd 2.x data (a WAL and no v3 backend) was always written by the 2.2 line, as the original assumed.
 pub const ETCD2_ERA: EtcdState = EtcdState::new(Version::new(2, 2, 1), Storage::Etcd2);
@@ -78,13 +81,14 @@ impl DataDir {
         &self.path
     }
 
-    pub fn state_dir(&self) -> PathBuf {
-        self.path.join(STATE_DIR)
+    /// The work dir named `name` (a step's name, or `restore`), which may not exist.
+    pub fn work_dir(&self, name: &str) -> PathBuf {
+        state_dir(&self.path).join(WORK_DIR).join(name)
     }
 
     /// A fresh, empty work dir for a rebuilding step, inside the state dir.
     pub fn fresh_work_dir(&self, name: &str) -> Result<PathBuf, DataDirError> {
-        let dir = self.state_dir().join("work").join(name);
+        let dir = self.work_dir(name);
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(io_error(&dir))?;
         }
@@ -94,7 +98,7 @@ impl DataDir {
 
     /// Removes every work dir (after a step completed or was abandoned).
     pub fn clear_work_dirs(&self) -> Result<(), DataDirError> {
-        let work = self.state_dir().join("work");
+        let work = state_dir(&self.path).join(WORK_DIR);
         match fs::remove_dir_all(&work) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(&work)(e)),
             _ => Ok(()),
@@ -108,6 +112,16 @@ pub fn member_dir(data_dir: &Path) -> PathBuf {
 
 pub fn db_path(data_dir: &Path) -> PathBuf {
     member_dir(data_dir).join("snap").join("db")
+}
+
+/// The migrator's own dir inside the data dir; backups leave it out.
+pub fn state_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(STATE_DIR)
+}
+
+/// The journal of the step under way (read by the read-only commands too, so it takes a plain path).
+pub fn journal_path(data_dir: &Path) -> PathBuf {
+    state_dir(data_dir).join(JOURNAL)
 }
 
 /// What a data dir holds, read without etcd and without changing anything.

@@ -5,16 +5,14 @@
 //! finish or undo that step instead of guessing from the data.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::data_dir::STATE_DIR;
+use crate::data_dir::{journal_path, state_dir};
+use crate::durable;
 use crate::plan::Step;
-use crate::version_file::sync_dir;
-
-const FILE_NAME: &str = "journal.json";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
@@ -37,12 +35,8 @@ pub enum JournalError {
     Damaged { path: PathBuf, message: String },
 }
 
-pub fn path(data_dir: &Path) -> PathBuf {
-    data_dir.join(STATE_DIR).join(FILE_NAME)
-}
-
 pub fn read(data_dir: &Path) -> Result<Option<Journal>, JournalError> {
-    let path = path(data_dir);
+    let path = journal_path(data_dir);
     match fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
@@ -53,24 +47,17 @@ pub fn read(data_dir: &Path) -> Result<Option<Journal>, JournalError> {
 }
 
 pub fn write(data_dir: &Path, journal: &Journal) -> Result<(), JournalError> {
-    let path = path(data_dir);
-    let dir = data_dir.join(STATE_DIR);
-    let temp = dir.join(".journal.json.tmp");
-    let result = (|| {
-        fs::create_dir_all(&dir)?;
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(&serde_json::to_vec_pretty(journal).expect("a journal serializes"))?;
-        file.sync_all()?;
-        fs::rename(&temp, &path)?;
-        sync_dir(&dir)
-    })();
-    result.map_err(|source| JournalError::Io { action: "write", path, source })
+    let path = journal_path(data_dir);
+    let bytes = serde_json::to_vec_pretty(journal).expect("a journal serializes");
+    fs::create_dir_all(state_dir(data_dir))
+        .and_then(|()| durable::replace(&path, &bytes))
+        .map_err(|source| JournalError::Io { action: "write", path, source })
 }
 
 pub fn clear(data_dir: &Path) -> Result<(), JournalError> {
-    let path = path(data_dir);
+    let path = journal_path(data_dir);
     match fs::remove_file(&path) {
-        Ok(()) => sync_dir(&data_dir.join(STATE_DIR)).map_err(|source| JournalError::Io {
+        Ok(()) => durable::sync_dir(&state_dir(data_dir)).map_err(|source| JournalError::Io {
             action: "sync",
             path,
             source,
@@ -99,11 +86,11 @@ mod tests {
         };
         write(dir, &journal).unwrap();
         assert_eq!(read(dir).unwrap(), Some(journal));
-        let text = fs::read_to_string(path(dir)).unwrap();
+        let text = fs::read_to_string(journal_path(dir)).unwrap();
         assert!(text.contains("\"kind\": \"in_place\"") && text.contains("3.4.23/etcd3"), "{text}");
         clear(dir).unwrap();
         assert_eq!(read(dir).unwrap(), None);
-        fs::write(path(dir), "{").unwrap();
+        fs::write(journal_path(dir), "{").unwrap();
         assert!(matches!(read(dir).unwrap_err(), JournalError::Damaged { .. }));
     }
 }

@@ -7,6 +7,7 @@ pub mod bbolt;
 pub mod client;
 pub mod config;
 pub mod data_dir;
+pub mod durable;
 pub mod etcd_process;
 pub mod etcdctl;
 pub mod exec;

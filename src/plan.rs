@@ -96,14 +96,23 @@ impl Step {
         }
     }
 
+    // The two properties below decide backups and disk-space checks; they name every kind of step, so
+    // the compiler sends whoever adds one here to decide.
+
     /// Conversion rewrites the data dir in place and cannot be undone without a backup.
     pub fn rewrites_in_place(&self) -> bool {
-        matches!(self, Step::ConvertToEtcd3 { .. })
+        match self {
+            Step::ConvertToEtcd3 { .. } => true,
+            Step::InPlace { .. } | Step::Downgrade { .. } | Step::RollbackToEtcd2 { .. } => false,
+        }
     }
 
     /// Rebuilding steps build a new member beside the live one and swap it in.
     pub fn rebuilds(&self) -> bool {
-        matches!(self, Step::Downgrade { .. } | Step::RollbackToEtcd2 { .. })
+        match self {
+            Step::Downgrade { .. } | Step::RollbackToEtcd2 { .. } => true,
+            Step::InPlace { .. } | Step::ConvertToEtcd3 { .. } => false,
+        }
     }
 
     pub fn name(&self) -> &'static str {

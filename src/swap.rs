@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::data_dir::member_dir;
-use crate::version_file::sync_dir;
+use crate::durable::sync_dir;
 
 /// Exchanges `<data_dir>/member` with `<work>/member`; afterwards the old member is at `<work>/member`.
 pub fn swap_member(data_dir: &Path, work: &Path) -> io::Result<()> {

@@ -1,18 +1,17 @@
 //! `version.txt`: the one-line record of what the data directory holds, `X.Y.Z/etcdN`.
 //!
 //! It is the migrator's only claim about the data, so it is read strictly (a file that does not say
-//! exactly that is an error naming the file, never overwritten) and written atomically and durably: a
-//! temporary file in the same directory, fsync, rename, fsync of the directory. The old script wrote it
-//! with a plain redirect, so a full disk could leave it empty.
+//! exactly that is an error naming the file, never overwritten) and written atomically and durably
+//! (`durable`). The old script wrote it with a plain redirect, so a full disk could leave it empty.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::durable;
 use crate::version::EtcdState;
 
 pub const FILE_NAME: &str = "version.txt";
-const TEMP_NAME: &str = ".version.txt.tmp";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VersionFileError {
@@ -57,24 +56,11 @@ pub fn read(data_dir: &Path) -> Result<Option<EtcdState>, VersionFileError> {
 /// Replaces the version file atomically and durably.
 pub fn write(data_dir: &Path, state: EtcdState) -> Result<(), VersionFileError> {
     let target = path(data_dir);
-    let temp = data_dir.join(TEMP_NAME);
-    let result = (|| {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temp)?;
-        file.write_all(format!("{state}\n").as_bytes())?;
-        file.sync_all()?;
+    let result = durable::stage(&target, format!("{state}\n").as_bytes()).and_then(|staged| {
         crate::faults::pause("version-file");
-        fs::rename(&temp, &target)?;
-        sync_dir(data_dir)
-    })();
-    result.map_err(|source| {
-        let _ = fs::remove_file(&temp);
-        VersionFileError::Write { path: target, source }
-    })
-}
-
-/// Makes a rename or a new entry in `dir` durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+        staged.commit()
+    });
+    result.map_err(|source| VersionFileError::Write { path: target, source })
 }
 
 #[cfg(test)]
@@ -90,7 +76,7 @@ mod tests {
         write(dir, state).unwrap();
         assert_eq!(read(dir).unwrap(), Some(state));
         assert_eq!(fs::read_to_string(path(dir)).unwrap(), "3.4.23/etcd3\n");
-        assert!(!dir.join(TEMP_NAME).exists());
+        assert!(!dir.join(".version.txt.tmp").exists());
         fs::write(path(dir), "3.5.16/etcd3").unwrap();
         assert_eq!(read(dir).unwrap(), Some("3.5.16/etcd3".parse().unwrap()));
         fs::remove_dir_all(dir).unwrap();

@@ -90,7 +90,7 @@ pub async fn recover(ctx: &Context<'_>, journal: &mut Journal) -> Result<bool, S
             "an unfinished etcd2 conversion has no backup recorded: restore the data dir by hand".into(),
         )
     })?;
-    backup::restore(backup, ctx.data_dir.path())?;
+    backup::restore(backup, ctx.data_dir)?;
     info!(backup = %backup.display(), "restored the data from before the unfinished conversion");
     Ok(false)
 }

@@ -133,7 +133,7 @@ pub async fn recover(ctx: &Context<'_>, journal: &mut Journal) -> Result<bool, S
 /// A rebuilding step that died: if its rebuilt member was swapped in, the step is complete; otherwise the
 /// old member stands (the caller discards the work dir either way).
 fn recover_swap(ctx: &Context<'_>, journal: &Journal) -> Result<bool, StepError> {
-    let work = ctx.data_dir.state_dir().join("work").join(journal.step.name());
+    let work = ctx.data_dir.work_dir(journal.step.name());
     let swapped = match journal.rebuilt_inode {
         Some(inode) => swap::swapped_in(ctx.data_dir.path(), &work, inode).map_err(|source| {
             StepError::Io { context: format!("checking the swap in {}", work.display()), source }

@@ -1,0 +1,91 @@
+//! Durable writes, the one way the migrator writes a file it must be able to trust after a crash:
+//! `version.txt`, the journal, a backup's manifest. The new content goes to a temporary file beside the
+//! target (`.<name>.tmp`), is fsynced, renamed over the target, and the directory is fsynced, so a crash or
+//! a full disk leaves the old content or the new, never a torn or empty file.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Replaces `path` with `bytes`, atomically and durably.
+pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    stage(path, bytes)?.commit()
+}
+
+/// New content for `path`, written and fsynced beside it but not yet in place. Dropped uncommitted, it
+/// removes its temporary file.
+#[derive(Debug)]
+pub struct Staged {
+    temp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+/// Writes `bytes` to the temporary file beside `path` and fsyncs it.
+pub fn stage(path: &Path, bytes: &[u8]) -> io::Result<Staged> {
+    let staged = Staged { temp: temp_path(path)?, target: path.to_path_buf(), committed: false };
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&staged.temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(staged)
+}
+
+/// `.<name>.tmp` beside `path`: in the same directory, so the rename is atomic.
+fn temp_path(path: &Path) -> io::Result<PathBuf> {
+    let name =
+        path.file_name().ok_or_else(|| io::Error::other(format!("{} names no file", path.display())))?;
+    let mut temp = OsString::from(".");
+    temp.push(name);
+    temp.push(".tmp");
+    Ok(path.with_file_name(temp))
+}
+
+impl Staged {
+    /// Renames the staged content over the target and makes the rename durable.
+    pub fn commit(mut self) -> io::Result<()> {
+        fs::rename(&self.temp, &self.target)?;
+        self.committed = true;
+        sync_dir(parent(&self.target))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Makes a rename, a removal or a new entry in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_and_leaves_no_temporary_file() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
+        let path = dir.join("note");
+        replace(&path, b"old").unwrap();
+        replace(&path, b"new").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        let staged = stage(&path, b"abandoned").unwrap();
+        assert!(dir.join(".note.tmp").exists());
+        drop(staged);
+        assert!(!dir.join(".note.tmp").exists(), "an uncommitted write removes its temporary file");
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+    }
+}
