@@ -1,5 +1,6 @@
-# The etcd-migrate image for users: the static binary and official etcd releases (sha256-pinned in
-# image/etcd-sha256.txt), on scratch: no shell, nothing else.
+# The etcd-migrate image for users: the static binary (also linked as etcd, etcdctl, migrate and
+# migrate-if-needed.sh), official etcd releases (sha256-pinned in image/etcd-sha256.txt) and a static
+# /bin/sh (Debian's busybox-static) for Kubernetes' manifests, on scratch: nothing else.
 #
 #   docker build --build-arg BUNDLED_ETCD_VERSIONS="3.5.11 3.5.12" --build-arg USER=65532:65532 -t etcd-migrate .
 #
@@ -9,7 +10,7 @@ FROM rust:1-bookworm AS builder
 ARG BUNDLED_ETCD_VERSIONS="3.5.12"
 WORKDIR /src
 COPY . .
-RUN BUNDLED_ETCD_VERSIONS="$BUNDLED_ETCD_VERSIONS" image/stage.sh --source official /stage
+RUN apt-get update -q && BUNDLED_ETCD_VERSIONS="$BUNDLED_ETCD_VERSIONS" image/stage.sh --source official /stage
 
 FROM scratch
 COPY --from=builder /stage/rootfs/ /

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Stages the image's root file system in OUT/rootfs: /usr/local/bin/etcd-migrate, etcd-X.Y.Z and
-# etcdctl-X.Y.Z for each version in BUNDLED_ETCD_VERSIONS, and the shared libraries any of them needs,
-# so the final image can be FROM scratch. Every etcd is checked to report its own version.
+# Stages the image's root file system in OUT/rootfs, so the final image can be FROM scratch:
+#   /usr/local/bin/etcd-migrate          the migrator
+#   /usr/local/bin/etcd, etcdctl, migrate, migrate-if-needed.sh
+#                                        symlinks to it: the paths Kubernetes' etcd manifests call
+#                                        (multi-call by name, see src/multicall.rs)
+#   /usr/local/bin/etcd-X.Y.Z, etcdctl-X.Y.Z   each version in BUNDLED_ETCD_VERSIONS, checked to report it
+#   /bin/sh                              Debian's busybox-static, for the manifests' `sh -c` and probes
+#   the shared libraries any binary needs, /etc/passwd, /etc/group, /etc/hosts, /tmp, /var/log
 #
 #   image/stage.sh [--source official|packages] [--binary PATH] OUT
 #
@@ -26,9 +31,35 @@ read -r -a versions <<<"${BUNDLED_ETCD_VERSIONS:-$default_versions}"
 [ -n "$binary" ] || binary=$("$here/build-binary.sh" | tail -n 1)
 
 rootfs="$out/rootfs"
-rm -rf "$rootfs" && mkdir -p "$rootfs/usr/local/bin" "$rootfs/tmp" "$rootfs/etc" "$rootfs/var/etcd"
+rm -rf "$rootfs" && mkdir -p "$rootfs/usr/local/bin" "$rootfs/bin" "$rootfs/tmp" "$rootfs/etc" \
+  "$rootfs/var/etcd" "$rootfs/var/log"
 chmod 1777 "$rootfs/tmp"
 install -m 0755 "$binary" "$rootfs/usr/local/bin/etcd-migrate"
+for name in etcd etcdctl migrate migrate-if-needed.sh; do
+  ln -s etcd-migrate "$rootfs/usr/local/bin/$name"
+done
+
+# busybox-static from Debian's own archive (GPL-2.0; its copyright file ships beside it), cached outside
+# the repo. Installed as /bin/sh only: a shell, not a toolbox.
+busybox_cache="${BUSYBOX_CACHE:-$HOME/.cache/etcd-migrate/busybox}"
+if [ ! -x "$busybox_cache/busybox" ]; then
+  work=$(mktemp -d)
+  (cd "$work" && apt-get download -q busybox-static) >"$work/log" 2>&1 \
+    || { cat "$work/log" >&2; echo "stage.sh: cannot download busybox-static: run apt-get update" >&2; exit 1; }
+  dpkg -x "$work"/busybox-static_*.deb "$work/root"
+  mkdir -p "$busybox_cache"
+  cp "$work/root/usr/share/doc/busybox-static/copyright" "$busybox_cache/copyright"
+  install -m 0755 "$work/root/bin/busybox" "$busybox_cache/busybox.tmp"
+  mv "$busybox_cache/busybox.tmp" "$busybox_cache/busybox"
+  rm -rf "$work"
+fi
+dynamic=$(readelf -d "$busybox_cache/busybox")
+if grep -q NEEDED <<<"$dynamic"; then
+  echo "stage.sh: $busybox_cache/busybox is not static" >&2
+  exit 1
+fi
+install -m 0755 "$busybox_cache/busybox" "$rootfs/bin/sh"
+install -D -m 0644 "$busybox_cache/copyright" "$rootfs/usr/share/doc/busybox-static/copyright"
 printf 'root:x:0:0:root:/:/sbin/nologin\netcd:x:65532:65532:etcd:/var/etcd:/sbin/nologin\n' >"$rootfs/etc/passwd"
 printf 'root:x:0:\netcd:x:65532:\n' >"$rootfs/etc/group"
 printf '127.0.0.1 localhost\n::1 localhost\n' >"$rootfs/etc/hosts"

@@ -388,7 +388,7 @@ fn default_backup_dir(data_dir: &Path) -> PathBuf {
     }
 }
 
-fn parse_version_list(list: &str) -> Result<Vec<Version>, String> {
+pub fn parse_version_list(list: &str) -> Result<Vec<Version>, String> {
     let mut versions = list
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|v| !v.is_empty())
@@ -420,7 +420,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
 }
 
 /// Every `etcd-X.Y.Z` in the bin dir.
-fn scan_bin_dir(bin_dir: &Path) -> Result<Vec<Version>, ConfigError> {
+pub fn scan_bin_dir(bin_dir: &Path) -> Result<Vec<Version>, ConfigError> {
     let entries = std::fs::read_dir(bin_dir)
         .map_err(|e| ConfigError::BinDir { dir: bin_dir.to_path_buf(), message: e.to_string() })?;
     let mut versions: Vec<Version> = entries

@@ -7,10 +7,12 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The command line of the final etcd: `--data-dir` first, then the operator's flags.
-pub fn etcd_command(binary: &Path, data_dir: &Path, etcd_args: &[String]) -> Vec<OsString> {
-    let mut argv =
-        vec![binary.as_os_str().to_owned(), OsString::from("--data-dir"), data_dir.as_os_str().to_owned()];
+/// The command line of the final etcd: `--data-dir` first when given, then the operator's flags.
+pub fn etcd_command(binary: &Path, data_dir: Option<&Path>, etcd_args: &[String]) -> Vec<OsString> {
+    let mut argv = vec![binary.as_os_str().to_owned()];
+    if let Some(data_dir) = data_dir {
+        argv.extend([OsString::from("--data-dir"), data_dir.as_os_str().to_owned()]);
+    }
     argv.extend(etcd_args.iter().map(OsString::from));
     argv
 }
@@ -55,10 +57,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn data_dir_comes_first_then_the_operator_flags() {
-        let argv =
-            etcd_command(Path::new("/bin/etcd-3.5.16"), Path::new("/d"), &["--name".into(), "m".into()]);
+    fn data_dir_comes_first_when_given_then_the_operator_flags() {
+        let args = ["--name".to_string(), "m".to_string()];
+        let argv = etcd_command(Path::new("/bin/etcd-3.5.16"), Some(Path::new("/d")), &args);
         assert_eq!(argv, ["/bin/etcd-3.5.16", "--data-dir", "/d", "--name", "m"].map(OsString::from));
+        let argv = etcd_command(Path::new("/bin/etcd-3.5.16"), None, &args);
+        assert_eq!(argv, ["/bin/etcd-3.5.16", "--name", "m"].map(OsString::from));
     }
 
     #[test]

@@ -1,32 +1,43 @@
-//! The pod command: parse, migrate, exec. Errors become one line and an exit code: 2 for bad
-//! configuration or input (nothing changed), 1 for a failed step.
+//! The pod command: pick the role by the name we were run as, parse, migrate, exec. Errors become one
+//! line and an exit code: 2 for bad configuration or input (nothing changed), 1 for a failed step.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tracing::{error, info};
 
 use etcd_migrate::config::{self, Command, Config, Invocation};
+use etcd_migrate::multicall::{self, Action};
 use etcd_migrate::{exec, logging, migrate, report};
 
 fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().unwrap_or_default();
+    let args: Vec<OsString> = argv.collect();
     let env: HashMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
+    let role = multicall::role(&argv0);
+    let (args, verbatim) = match multicall::action(role, &args, &env, &bin_dir()) {
+        Ok(Action::Migrate { args, verbatim }) => (args, verbatim),
+        Ok(Action::Exec { binary, args }) => {
+            let argv: Vec<OsString> = [binary.into_os_string()].into_iter().chain(args).collect();
+            eprintln!("etcd-migrate: {}", exec::exec(&argv, &env));
+            return ExitCode::from(2);
+        }
+        Err(e) => return usage_error(e),
+    };
     let config = match config::parse(&args, &env) {
         Ok(Invocation::Run(config)) => config,
         Ok(Invocation::Help) => return print(config::help()),
         Ok(Invocation::ListOptions) => return print(config::list_options()),
         Ok(Invocation::Version) => return print(format!("etcd-migrate {}\n", env!("CARGO_PKG_VERSION"))),
-        Err(e) => {
-            eprintln!("etcd-migrate: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage_error(e),
     };
     logging::init(config.log_format);
-    match run(&config, &env) {
+    match run(&config, verbatim, &env) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, message)) => {
             error!("{message}");
@@ -35,12 +46,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// The directory this binary runs from: under another name than `etcd-migrate` it is one of the
+/// image's links, beside the bundled releases.
+fn bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/usr/local/bin"))
+}
+
+fn usage_error(e: config::ConfigError) -> ExitCode {
+    eprintln!("etcd-migrate: {e}");
+    ExitCode::from(2)
+}
+
 fn print(text: String) -> ExitCode {
     print!("{text}");
     ExitCode::SUCCESS
 }
 
-fn run(config: &Config, env: &HashMap<String, String>) -> Result<(), (u8, String)> {
+/// Migrates, then execs the target etcd: with exactly the operator's arguments when `verbatim` (run as
+/// `etcd`), else with `--data-dir` first.
+fn run(config: &Config, verbatim: bool, env: &HashMap<String, String>) -> Result<(), (u8, String)> {
     let failed = |e: migrate::MigrateError| (e.exit_code(), e.to_string());
     match config.command {
         Command::Plan => return report::plan(config).map(print).map(drop).map_err(failed),
@@ -56,8 +83,10 @@ fn run(config: &Config, env: &HashMap<String, String>) -> Result<(), (u8, String
         info!(at = %target, "migrated; --migrate-only: not starting etcd");
         return Ok(());
     }
-    let argv = exec::etcd_command(&config.etcd_binary(target.version), &config.data_dir, &config.etcd_args);
-    info!(at = %target, binary = %config.etcd_binary(target.version).display(), "starting etcd");
+    let binary = config.etcd_binary(target.version);
+    let data_dir = (!verbatim).then_some(config.data_dir.as_path());
+    let argv = exec::etcd_command(&binary, data_dir, &config.etcd_args);
+    info!(at = %target, binary = %binary.display(), "starting etcd");
     let e = exec::exec(&argv, env);
     Err((2, format!("{e}: bundle etcd {} in the bin dir", target.version)))
 }

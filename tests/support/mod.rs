@@ -301,10 +301,22 @@ pub fn put_all(etcd: &TestEtcd, keys: &BTreeMap<String, Vec<u8>>) {
 /// A data dir written by etcd `version` (etcd3 storage) holding `keys`, with version.txt saying so.
 /// The member's peer URL is `peer_url`.
 pub fn make_etcd3_data(version: &str, data_dir: &Path, peer_url: &str, keys: &BTreeMap<String, Vec<u8>>) {
-    let etcd = TestEtcd::start_with(version, data_dir, "m", peer_url, &[]);
+    make_etcd3_data_without_version_file(version, data_dir, "m", peer_url, keys);
+    fs::write(data_dir.join("version.txt"), format!("{version}/etcd3")).unwrap();
+}
+
+/// A data dir written by etcd `version` as member `name` at `peer_url`, holding `keys`, with no
+/// version.txt (as etcd itself leaves it).
+pub fn make_etcd3_data_without_version_file(
+    version: &str,
+    data_dir: &Path,
+    name: &str,
+    peer_url: &str,
+    keys: &BTreeMap<String, Vec<u8>>,
+) {
+    let etcd = TestEtcd::start_with(version, data_dir, name, peer_url, &[]);
     put_all(&etcd, keys);
     etcd.stop();
-    fs::write(data_dir.join("version.txt"), format!("{version}/etcd3")).unwrap();
 }
 
 /// Every file under `dir` with a hash of its content (and symlinks/dirs by kind), for "nothing changed".
