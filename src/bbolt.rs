@@ -287,6 +287,30 @@ pub fn cluster_version(db: &Path) -> Result<Option<Version>, BboltError> {
     })
 }
 
+/// The target of the downgrade job recorded in bucket `cluster`, key `downgrade` (3.5 and later), if
+/// one is enabled: a member newer than that target is refused while it is.
+pub fn downgrade_target(db: &Path) -> Result<Option<Version>, BboltError> {
+    #[derive(serde::Deserialize)]
+    struct Downgrade {
+        #[serde(rename = "target-version", default)]
+        target_version: String,
+        #[serde(default)]
+        enabled: bool,
+    }
+    let Some(value) = read_value(db, b"cluster", b"downgrade")? else { return Ok(None) };
+    let corrupt = |reason: String| BboltError::Corrupt { path: db.to_path_buf(), reason };
+    let job: Downgrade = serde_json::from_slice(&value)
+        .map_err(|e| corrupt(format!("the downgrade record is unreadable: {e}")))?;
+    if !job.enabled {
+        return Ok(None);
+    }
+    let target = job
+        .target_version
+        .parse()
+        .map_err(|_| corrupt(format!("the downgrade target is {:?}, not X.Y.Z", job.target_version)))?;
+    Ok(Some(target))
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

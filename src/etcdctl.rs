@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use crate::client::TlsFiles;
+use crate::version::Minor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdctlError {
@@ -18,6 +20,34 @@ pub enum EtcdctlError {
     TimedOut { command: String, timeout: Duration },
     #[error("etcdctl {command} failed ({status}): {stderr}")]
     Failed { command: String, status: std::process::ExitStatus, stderr: String },
+    #[error("etcdctl {command} printed what this tool cannot read ({error}): {output}")]
+    Unreadable { command: String, error: String, output: String },
+}
+
+/// What a 3.6+ member reports about its storage (`etcdctl endpoint status -w json`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StorageStatus {
+    /// The storage version its backend is at, `3.6.0`.
+    #[serde(rename = "storageVersion", default)]
+    pub storage_version: String,
+    #[serde(rename = "downgradeInfo", default)]
+    pub downgrade: DowngradeInfo,
+}
+
+/// The cluster's downgrade job, if one is enabled.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct DowngradeInfo {
+    #[serde(default)]
+    pub enabled: bool,
+    /// `3.6.0`.
+    #[serde(rename = "targetVersion", default)]
+    pub target_version: String,
+}
+
+#[derive(Deserialize)]
+struct EndpointStatus {
+    #[serde(rename = "Status")]
+    status: StorageStatus,
 }
 
 #[derive(Debug, Clone)]
@@ -77,7 +107,7 @@ impl Etcdctl {
         self.run(&["migrate".into(), "--data-dir".into(), data_dir.display().to_string()], timeout).await
     }
 
-    /// `etcdctl snapshot save` from a running member, with its client TLS files if it has them.
+    /// `etcdctl snapshot save` from a running member.
     pub async fn snapshot_save(
         &self,
         endpoint: &str,
@@ -85,14 +115,45 @@ impl Etcdctl {
         file: &Path,
         timeout: Duration,
     ) -> Result<String, EtcdctlError> {
-        let mut args = vec!["--endpoints".into(), endpoint.into()];
-        for (flag, path) in [("--cacert", &tls.ca), ("--cert", &tls.cert), ("--key", &tls.key)] {
-            if let Some(path) = path {
-                args.extend([flag.into(), path.display().to_string()]);
-            }
-        }
+        let mut args = client_args(endpoint, tls);
         args.extend(["snapshot".into(), "save".into(), file.display().to_string()]);
         self.run(&args, timeout).await
+    }
+
+    /// `etcdctl downgrade <action> <target>` (3.6+): `validate` or `enable` a downgrade of the cluster to
+    /// minor `target`.
+    pub async fn downgrade(
+        &self,
+        endpoint: &str,
+        tls: &TlsFiles,
+        action: &str,
+        target: Minor,
+        timeout: Duration,
+    ) -> Result<String, EtcdctlError> {
+        let mut args = client_args(endpoint, tls);
+        args.extend(["downgrade".into(), action.into(), target.to_string()]);
+        self.run(&args, timeout).await
+    }
+
+    /// The storage version and downgrade job of the member at `endpoint` (3.6+).
+    pub async fn storage_status(
+        &self,
+        endpoint: &str,
+        tls: &TlsFiles,
+        timeout: Duration,
+    ) -> Result<StorageStatus, EtcdctlError> {
+        let mut args = client_args(endpoint, tls);
+        args.extend(["endpoint".into(), "status".into(), "-w".into(), "json".into()]);
+        let output = self.run(&args, timeout).await?;
+        let unreadable = |error: String| EtcdctlError::Unreadable {
+            command: args.join(" "),
+            error,
+            output: output.clone(),
+        };
+        let statuses: Vec<EndpointStatus> =
+            serde_json::from_str(&output).map_err(|e| unreadable(e.to_string()))?;
+        let status = statuses.into_iter().next().ok_or_else(|| unreadable("no endpoint".into()))?;
+        Ok(status.status)
     }
 
     /// `etcdctl snapshot restore` into a new data dir for member `name`.
@@ -123,6 +184,17 @@ impl Etcdctl {
     }
 }
 
+/// The flags that reach the member at `endpoint`, with its client TLS files if it has them.
+fn client_args(endpoint: &str, tls: &TlsFiles) -> Vec<String> {
+    let mut args = vec!["--endpoints".into(), endpoint.into()];
+    for (flag, path) in [("--cacert", &tls.ca), ("--cert", &tls.cert), ("--key", &tls.key)] {
+        if let Some(path) = path {
+            args.extend([flag.into(), path.display().to_string()]);
+        }
+    }
+    args
+}
+
 async fn read_all(stream: Option<impl AsyncRead + Unpin>) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     if let Some(mut stream) = stream {
@@ -142,6 +214,18 @@ pub struct RestoreMember<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_storage_status_of_etcd_3_7() {
+        let output = r#"[{"Endpoint":"http://127.0.0.1:2379","Status":{"version":"3.7.1","storageVersion":"3.6.0","downgradeInfo":{"enabled":true,"targetVersion":"3.6.0"}}}]"#;
+        let statuses: Vec<EndpointStatus> = serde_json::from_str(output).unwrap();
+        let status = &statuses[0].status;
+        assert_eq!(status.storage_version, "3.6.0");
+        assert_eq!(status.downgrade, DowngradeInfo { enabled: true, target_version: "3.6.0".into() });
+        let idle: Vec<EndpointStatus> =
+            serde_json::from_str(r#"[{"Status":{"storageVersion":"3.7.0","downgradeInfo":{}}}]"#).unwrap();
+        assert_eq!(idle[0].status.downgrade, DowngradeInfo::default());
+    }
 
     #[tokio::test]
     async fn a_hanging_command_is_killed_at_its_timeout() {

@@ -6,7 +6,9 @@
 //!   patch (etcd's upgrade policy), the target's own version last. Where etcd documents a patch floor for
 //!   the next minor (3.5.26 for 3.6), a lower highest patch is refused before anything runs.
 //! - Data opened by a newer minor is refused by an older one ("cluster cannot be downgraded"), so a
-//!   downgrade rebuilds the data one minor at a time from a snapshot.
+//!   downgrade goes one minor at a time: from 3.6 on by etcd's own online downgrade (the storage version
+//!   must be lowered by the running newer minor; an offline `etcdutl migrate` leaves data the older
+//!   minor refuses), below that by rebuilding the member from a snapshot.
 //! - v2-store data (`etcd2`) is converted with `etcdctl migrate`, which only etcdctl 3.0–3.4 have; 3.6
 //!   and later have no v2 store at all.
 //! - etcd3 → etcd2 is a logical copy, only sensible when the API server wrote JSON.
@@ -32,6 +34,9 @@ pub enum Step {
     /// One-minor 3.x downgrade: snapshot the data with `source` (same minor as `from`), restore it with
     /// `to`'s etcdctl into a new member dir, verify, swap.
     Downgrade { from: EtcdState, source: Version, to: EtcdState },
+    /// One-minor downgrade by etcd's downgrade API (3.6+): `source` (same minor as `from`) runs on the
+    /// data and lowers its storage version to `to`'s minor, then `to` opens the data. In place.
+    OnlineDowngrade { from: EtcdState, source: Version, to: EtcdState },
     /// etcd3 → etcd2: copy every key from the v3 store (read with `source`) into a fresh v2 store of `to`.
     RollbackToEtcd2 { from: EtcdState, source: Version, to: EtcdState },
 }
@@ -73,6 +78,7 @@ impl Step {
         match *self {
             Step::InPlace { from, .. }
             | Step::Downgrade { from, .. }
+            | Step::OnlineDowngrade { from, .. }
             | Step::RollbackToEtcd2 { from, .. } => from,
             Step::ConvertToEtcd3 { at } => EtcdState::new(at, Storage::Etcd2),
         }
@@ -80,7 +86,10 @@ impl Step {
 
     pub fn after(&self) -> EtcdState {
         match *self {
-            Step::InPlace { to, .. } | Step::Downgrade { to, .. } | Step::RollbackToEtcd2 { to, .. } => to,
+            Step::InPlace { to, .. }
+            | Step::Downgrade { to, .. }
+            | Step::OnlineDowngrade { to, .. }
+            | Step::RollbackToEtcd2 { to, .. } => to,
             Step::ConvertToEtcd3 { at } => EtcdState::new(at, Storage::Etcd3),
         }
     }
@@ -90,7 +99,9 @@ impl Step {
         match *self {
             Step::InPlace { to, .. } => vec![to.version],
             Step::ConvertToEtcd3 { at } => vec![at],
-            Step::Downgrade { source, to, .. } | Step::RollbackToEtcd2 { source, to, .. } => {
+            Step::Downgrade { source, to, .. }
+            | Step::OnlineDowngrade { source, to, .. }
+            | Step::RollbackToEtcd2 { source, to, .. } => {
                 vec![source, to.version]
             }
         }
@@ -99,10 +110,11 @@ impl Step {
     // The two properties below decide backups and disk-space checks; they name every kind of step, so
     // the compiler sends whoever adds one here to decide.
 
-    /// Conversion rewrites the data dir in place and cannot be undone without a backup.
+    /// Conversion and the online downgrade rewrite the data dir in place and cannot be undone without a
+    /// backup.
     pub fn rewrites_in_place(&self) -> bool {
         match self {
-            Step::ConvertToEtcd3 { .. } => true,
+            Step::ConvertToEtcd3 { .. } | Step::OnlineDowngrade { .. } => true,
             Step::InPlace { .. } | Step::Downgrade { .. } | Step::RollbackToEtcd2 { .. } => false,
         }
     }
@@ -111,7 +123,7 @@ impl Step {
     pub fn rebuilds(&self) -> bool {
         match self {
             Step::Downgrade { .. } | Step::RollbackToEtcd2 { .. } => true,
-            Step::InPlace { .. } | Step::ConvertToEtcd3 { .. } => false,
+            Step::InPlace { .. } | Step::ConvertToEtcd3 { .. } | Step::OnlineDowngrade { .. } => false,
         }
     }
 
@@ -120,6 +132,7 @@ impl Step {
             Step::InPlace { .. } => "in-place",
             Step::ConvertToEtcd3 { .. } => "convert-to-etcd3",
             Step::Downgrade { .. } => "downgrade",
+            Step::OnlineDowngrade { .. } => "online-downgrade",
             Step::RollbackToEtcd2 { .. } => "rollback-to-etcd2",
         }
     }
@@ -157,7 +170,7 @@ pub fn check_member_of_cluster(plan: &Plan, cluster: Option<Minor>) -> Result<()
         match step {
             Step::InPlace { .. } => {}
             Step::ConvertToEtcd3 { .. } => return Err(PlanError::NotMemberByMember("converting etcd2 data")),
-            Step::Downgrade { .. } | Step::RollbackToEtcd2 { .. } => {
+            Step::Downgrade { .. } | Step::OnlineDowngrade { .. } | Step::RollbackToEtcd2 { .. } => {
                 return Err(PlanError::NotMemberByMember("a downgrade"));
             }
         }
@@ -321,7 +334,11 @@ impl Planner<'_> {
                 self.require_patch(minor, "pass through it on the way down")?
             };
             let next = EtcdState::new(version, Storage::Etcd3);
-            steps.push(Step::Downgrade { from: at, source, to: next });
+            steps.push(if release::capabilities(source).downgrade_api {
+                Step::OnlineDowngrade { from: at, source, to: next }
+            } else {
+                Step::Downgrade { from: at, source, to: next }
+            });
             at = next;
             source = version;
         }
@@ -534,6 +551,32 @@ mod tests {
     }
 
     #[test]
+    fn downgrades_from_3_6_on_by_etcds_online_downgrade_then_by_snapshot() {
+        assert_eq!(
+            render("3.7.1/etcd3", "3.0.17/etcd3", LINEAGE, PROTOBUF).unwrap(),
+            [
+                "online-downgrade 3.7.1/etcd3 -> 3.6.14/etcd3",
+                "online-downgrade 3.6.14/etcd3 -> 3.5.30/etcd3",
+                "downgrade 3.5.30/etcd3 -> 3.4.23/etcd3",
+                "downgrade 3.4.23/etcd3 -> 3.3.25/etcd3",
+                "downgrade 3.3.25/etcd3 -> 3.2.32/etcd3",
+                "downgrade 3.2.32/etcd3 -> 3.1.20/etcd3",
+                "downgrade 3.1.20/etcd3 -> 3.0.17/etcd3",
+            ]
+        );
+        let plan = plan(state("3.7.0/etcd3"), state("3.6.14/etcd3"), &versions(LINEAGE), PROTOBUF).unwrap();
+        assert_eq!(
+            plan.steps,
+            [Step::OnlineDowngrade {
+                from: state("3.7.0/etcd3"),
+                source: Version::new(3, 7, 1),
+                to: state("3.6.14/etcd3")
+            }]
+        );
+        assert!(plan.backup_before(0) && plan.steps[0].rewrites_in_place(), "it cannot be undone");
+    }
+
+    #[test]
     fn a_downgrade_needs_the_current_minor_to_read_the_data() {
         let err = render("3.5.16/etcd3", "3.4.23/etcd3", "3.4.23", PROTOBUF).unwrap_err();
         assert_eq!(
@@ -594,6 +637,7 @@ mod tests {
             "2.3.7 3.0.17 3.1.20 3.2.32 3.3.25 3.4.23 3.5.16",
             "3.5.16",
             "3.3.25 3.5.16",
+            "3.5.30 3.7.1",
             "",
         ];
         let mut planned = 0;
@@ -655,6 +699,14 @@ mod tests {
             assert!(one_minor || matches!(step, Step::RollbackToEtcd2 { .. }), "{step} jumps minors");
             for binary in step.binaries() {
                 assert!(bundled.contains(&binary), "{step} runs unbundled {binary}");
+            }
+            if let Step::Downgrade { source, .. } | Step::OnlineDowngrade { source, .. } = *step {
+                let online = matches!(step, Step::OnlineDowngrade { .. });
+                assert_eq!(
+                    online,
+                    release::capabilities(source).downgrade_api,
+                    "{step}: only etcd can lower its storage"
+                );
             }
             at = step.after();
         }

@@ -5,10 +5,14 @@
 //! lists a tree depth-first while v3 ranges come in byte order, and it streams: any number of keys in
 //! constant memory.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
+
+use crate::client::ClientError;
+use crate::client::v3::{KeyValue, Page, V3Client};
 
 #[derive(Clone, Default)]
 pub struct KeyDigest {
@@ -84,6 +88,55 @@ pub async fn v3_summary(
         })
         .await?;
     Ok(digest.finish())
+}
+
+/// What a keyspace holds: every key and value, and which keys share a lease.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Contents {
+    pub keys: Summary,
+    /// Digest of (key, the first key of its lease) over keys with a lease: equal exactly when the same
+    /// keys are grouped onto leases the same way, whatever the lease ids.
+    pub lease_groups: Summary,
+}
+
+/// Builds [`Contents`] from keys given in key order (so the first key seen for a lease is its first).
+#[derive(Default)]
+pub struct ContentsDigest {
+    keys: KeyDigest,
+    first_keys: HashMap<i64, Vec<u8>>,
+    lease_groups: KeyDigest,
+}
+
+impl ContentsDigest {
+    pub fn add(&mut self, kv: &KeyValue) {
+        self.keys.add(&kv.key, &kv.value);
+        if kv.lease != 0 {
+            let first = self.first_keys.entry(kv.lease).or_insert_with(|| kv.key.clone());
+            self.lease_groups.add(&kv.key, first);
+        }
+    }
+
+    pub fn finish(&self) -> Contents {
+        Contents { keys: self.keys.finish(), lease_groups: self.lease_groups.finish() }
+    }
+}
+
+/// What the whole keyspace of `client`'s etcd holds, read page by page.
+pub async fn contents(client: &V3Client) -> Result<Contents, ClientError> {
+    let mut digest = ContentsDigest::default();
+    client
+        .for_each_page(&[0], &[0], Page::with_values(1000), async |kvs| {
+            kvs.iter().for_each(|kv| digest.add(kv));
+            Ok::<(), ClientError>(())
+        })
+        .await?;
+    Ok(digest.finish())
+}
+
+impl fmt::Display for Contents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (leases {})", self.keys, self.lease_groups)
+    }
 }
 
 /// The v2 API does not list keys with a path segment starting with `_`.

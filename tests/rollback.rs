@@ -9,45 +9,6 @@ use std::time::Duration;
 use etcd_migrate::client::v2::V2Client;
 use support::*;
 
-/// Data written by `version` with plain keys and keys on two leases; returns key → lease TTL.
-fn leased_fixture(
-    version: &str,
-    data: &std::path::Path,
-    peer: &str,
-) -> (BTreeMap<String, Vec<u8>>, BTreeMap<String, i64>) {
-    let etcd = TestEtcd::start_with(version, data, "m", peer, &[]);
-    let mut keys = sample_keys();
-    keys.remove("/other/outside-prefix");
-    put_all(&etcd, &keys);
-    let mut ttls = BTreeMap::new();
-    for (ttl, count) in [(3600, 5), (600, 3)] {
-        let grant = etcd.etcdctl(&["lease", "grant", &ttl.to_string()]);
-        let id = grant.split_whitespace().nth(1).unwrap().to_string();
-        for i in 0..count {
-            let key = format!("/registry/events/e-{ttl}-{i}");
-            etcd.etcdctl(&["put", "--lease", &id, &key, "{\"kind\":\"Event\"}"]);
-            keys.insert(key.clone(), b"{\"kind\":\"Event\"}".to_vec());
-            ttls.insert(key, ttl);
-        }
-    }
-    etcd.stop();
-    std::fs::write(data.join("version.txt"), format!("{version}/etcd3")).unwrap();
-    (keys, ttls)
-}
-
-fn check_leases(etcd: &TestEtcd, ttls: &BTreeMap<String, i64>) {
-    let leased = etcd.leased_keys();
-    assert_eq!(
-        leased.keys().collect::<Vec<_>>(),
-        ttls.keys().collect::<Vec<_>>(),
-        "the same keys are on leases"
-    );
-    for (key, &(granted, remaining)) in &leased {
-        assert_eq!(granted, ttls[key], "{key}: lease granted TTL kept");
-        assert!(remaining > 0 && remaining <= ttls[key], "{key}: {remaining}s left, no longer than before");
-    }
-}
-
 /// When `snapshot restore` fails, each downgrade step falls back to a logical copy: every key and value,
 /// and the leases regrouped as they were, with no more time left than before.
 #[test]

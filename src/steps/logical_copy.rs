@@ -14,44 +14,12 @@ use tracing::{info, warn};
 use super::dump::Dump;
 use super::in_flight::InFlight;
 use super::{Context, StepError};
-use crate::client::v3::{KeyValue, MAX_TXN_OPS, Op, Page, V3Client};
-use crate::etcd_process::EtcdProcess;
-use crate::verify::{KeyDigest, Summary};
+use crate::client::v3::{MAX_TXN_OPS, Op, V3Client};
+use crate::verify::{self, ContentsDigest};
 use crate::version::{EtcdState, Storage, Version};
 
 /// Bytes of keys and values per transaction, well under etcd's default request limit (1.5 MiB).
 const TXN_BYTES: usize = 512 * 1024;
-
-/// What a keyspace holds: every key and value, and which keys share a lease.
-#[derive(Debug, PartialEq, Eq)]
-struct Contents {
-    keys: Summary,
-    /// Digest of (key, the first key of its lease) over keys with a lease: equal exactly when the same
-    /// keys are grouped onto leases the same way, whatever the lease ids.
-    lease_groups: Summary,
-}
-
-/// Builds [`Contents`] from keys given in key order (so the first key seen for a lease is its first).
-#[derive(Default)]
-struct ContentsDigest {
-    keys: KeyDigest,
-    first_keys: HashMap<i64, Vec<u8>>,
-    lease_groups: KeyDigest,
-}
-
-impl ContentsDigest {
-    fn add(&mut self, kv: &KeyValue) {
-        self.keys.add(&kv.key, &kv.value);
-        if kv.lease != 0 {
-            let first = self.first_keys.entry(kv.lease).or_insert_with(|| kv.key.clone());
-            self.lease_groups.add(&kv.key, first);
-        }
-    }
-
-    fn finish(&self) -> Contents {
-        Contents { keys: self.keys.finish(), lease_groups: self.lease_groups.finish() }
-    }
-}
 
 /// Rebuilds the member in `work/copied` with etcd `to` from the data dir's member run by `source`;
 /// returns the directory to swap in.
@@ -77,13 +45,10 @@ pub async fn rebuild(
     let etcd = ctx.start_healthy(to.version, Storage::Etcd3, &copied).await?;
     let client = V3Client::connect(etcd.endpoint().clone()).await?;
     import(&client, &dump).await?;
-    let after = contents(&etcd).await?;
+    let after = verify::contents(&client).await?;
     ctx.stop(etcd).await?;
     if after != before {
-        return Err(StepError::Failed(format!(
-            "the logical copy differs: before {} (leases {}), after {} (leases {})",
-            before.keys, before.lease_groups, after.keys, after.lease_groups
-        )));
+        return Err(StepError::Failed(format!("the logical copy differs: before {before}, after {after}")));
     }
     info!(
         keys = after.keys.count,
@@ -129,17 +94,4 @@ async fn import(client: &V3Client, dump: &Dump) -> Result<(), StepError> {
     }
     txns.finish().await?;
     Ok(())
-}
-
-/// What the rebuilt member holds, read the same way as the dump was.
-async fn contents(etcd: &EtcdProcess) -> Result<Contents, StepError> {
-    let client = V3Client::connect(etcd.endpoint().clone()).await?;
-    let mut digest = ContentsDigest::default();
-    client
-        .for_each_page(&[0], &[0], Page::with_values(1000), async |kvs| {
-            kvs.iter().for_each(|kv| digest.add(kv));
-            Ok::<(), StepError>(())
-        })
-        .await?;
-    Ok(digest.finish())
 }

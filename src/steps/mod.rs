@@ -8,6 +8,7 @@ mod in_flight;
 mod in_place;
 mod leases;
 mod logical_copy;
+mod online_downgrade;
 mod remaining_ttls;
 mod rollback;
 
@@ -115,6 +116,7 @@ pub async fn run(ctx: &Context<'_>, step: Step, journal: &mut Journal) -> Result
         Step::InPlace { to, .. } => in_place::run(ctx, to).await,
         Step::ConvertToEtcd3 { at } => convert::run(ctx, at, journal).await,
         Step::Downgrade { from, source, to } => downgrade::run(ctx, from, source, to, journal).await,
+        Step::OnlineDowngrade { from, source, to } => online_downgrade::run(ctx, from, source, to).await,
         Step::RollbackToEtcd2 { from, source, to } => rollback::run(ctx, from, source, to, journal).await,
     }
 }
@@ -125,6 +127,10 @@ pub async fn recover(ctx: &Context<'_>, journal: &mut Journal) -> Result<bool, S
     match journal.step {
         // Starting etcd on the data may already have moved it to the new minor: finish the step.
         Step::InPlace { to, .. } => in_place::run(ctx, to).await.map(|()| true),
+        // The current minor opens the data in every state the step leaves: redo it.
+        Step::OnlineDowngrade { from, source, to } => {
+            online_downgrade::run(ctx, from, source, to).await.map(|()| true)
+        }
         Step::ConvertToEtcd3 { .. } => convert::recover(ctx, journal).await,
         Step::Downgrade { .. } | Step::RollbackToEtcd2 { .. } => recover_swap(ctx, journal),
     }

@@ -387,19 +387,32 @@ impl Migrator {
     /// Runs the migrator as the pod would: it migrates, then execs etcd as member `m` serving `client`.
     /// The child is killed (with the etcd it became) when the returned guard drops.
     /// Runs the migrator and SIGKILLs it as soon as it logs a line containing `marker`; returns whether
-    /// it did (false: the run ended without logging it).
+    /// it did (false: the run ended without logging it). Returns once the hidden etcds it logged have
+    /// died of their parent-death signal too, as a pod's processes are gone before it restarts.
     pub fn kill_when_logged(mut self, marker: &str) -> bool {
         self.command.stderr(Stdio::piped());
         let mut child = self.command.spawn().unwrap();
         let mut killed = false;
+        let mut hidden_etcds = Vec::new();
+        eprintln!("--- etcd-migrate stderr, until {marker:?}:");
         for line in std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap())) {
-            if line.unwrap().contains(marker) {
+            let line = line.unwrap();
+            eprintln!("{line}");
+            if line.contains("hidden etcd is healthy") {
+                hidden_etcds.extend(line.split(" pid=").nth(1).and_then(|pid| pid.parse::<u32>().ok()));
+            }
+            if line.contains(marker) {
                 child.kill().unwrap();
                 killed = true;
                 break;
             }
         }
         child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !hidden_etcds.iter().all(|&pid| process_dead(pid)) {
+            assert!(Instant::now() < deadline, "hidden etcds {hidden_etcds:?} outlived the killed migrator");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         killed
     }
 
@@ -486,4 +499,55 @@ impl TestEtcd {
 /// Whether process `pid` is gone, reaped and all (a zombie still has its `/proc` entry).
 pub fn process_gone(pid: u32) -> bool {
     !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether process `pid` has exited, so its files and sockets are closed: gone, or a zombie not yet
+/// reaped.
+pub fn process_dead(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name.
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+/// Data written by `version` with the sample keys (under `/registry`) and keys on two leases, with
+/// version.txt saying so; returns every key → value and each leased key → its lease's TTL.
+pub fn leased_fixture(
+    version: &str,
+    data: &Path,
+    peer: &str,
+) -> (BTreeMap<String, Vec<u8>>, BTreeMap<String, i64>) {
+    let etcd = TestEtcd::start_with(version, data, "m", peer, &[]);
+    let mut keys = sample_keys();
+    keys.remove("/other/outside-prefix");
+    put_all(&etcd, &keys);
+    let mut ttls = BTreeMap::new();
+    for (ttl, count) in [(3600, 5), (600, 3)] {
+        let grant = etcd.etcdctl(&["lease", "grant", &ttl.to_string()]);
+        let id = grant.split_whitespace().nth(1).unwrap().to_string();
+        for i in 0..count {
+            let key = format!("/registry/events/e-{ttl}-{i}");
+            etcd.etcdctl(&["put", "--lease", &id, &key, "{\"kind\":\"Event\"}"]);
+            keys.insert(key.clone(), b"{\"kind\":\"Event\"}".to_vec());
+            ttls.insert(key, ttl);
+        }
+    }
+    etcd.stop();
+    std::fs::write(data.join("version.txt"), format!("{version}/etcd3")).unwrap();
+    (keys, ttls)
+}
+
+/// The keys of `ttls` are exactly those on leases, each lease granted as before with no more time left.
+pub fn check_leases(etcd: &TestEtcd, ttls: &BTreeMap<String, i64>) {
+    let leased = etcd.leased_keys();
+    assert_eq!(
+        leased.keys().collect::<Vec<_>>(),
+        ttls.keys().collect::<Vec<_>>(),
+        "the same keys are on leases"
+    );
+    for (key, &(granted, remaining)) in &leased {
+        assert_eq!(granted, ttls[key], "{key}: lease granted TTL kept");
+        assert!(remaining > 0 && remaining <= ttls[key], "{key}: {remaining}s left, no longer than before");
+    }
 }

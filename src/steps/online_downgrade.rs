@@ -1,0 +1,138 @@
+//! One-minor downgrade from etcd 3.6 on, by etcd's own downgrade API. From 3.6 the backend records a
+//! storage version, and an older minor refuses data whose storage (or WAL cluster version) is newer;
+//! only the running newer minor can lower it (an offline `etcdutl migrate --target-version` exits 0, but
+//! the older minor still refuses the dir). So, in place, after the backup the plan takes before it:
+//!
+//! 1. start the current minor on the data; count + digest every key and how keys share leases;
+//! 2. `etcdctl downgrade validate X.Y`, `downgrade enable X.Y` (skipped when a killed run already
+//!    enabled it), and wait until the member reports storage version X.Y.0; stop it;
+//! 3. start the older minor on the data until healthy, and until it has finished etcd's downgrade job
+//!    (the job stays enabled until a member of the target minor runs, and while it is enabled a newer
+//!    member is refused); the same keys, digest and lease grouping, or the step fails.
+//!
+//! Revisions, lease ids and remaining TTLs are kept: it is the same data, with a lower storage version.
+//! A run killed anywhere in between is redone from the start: the current minor opens the data in every
+//! state the step leaves (before the storage version is lowered, the older minor cannot).
+
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use super::{Context, StepError};
+use crate::bbolt;
+use crate::client::TlsFiles;
+use crate::client::v3::V3Client;
+use crate::data_dir;
+use crate::etcd_process::EtcdProcess;
+use crate::etcdctl::{Etcdctl, StorageStatus};
+use crate::verify::{self, Contents};
+use crate::version::{EtcdState, Minor, Storage, Version};
+
+/// etcd's downgrade monitor acts every few seconds (~4 s measured on 3.6.14 and 3.7.1).
+const DOWNGRADE_TIMEOUT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(200);
+const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn run(
+    ctx: &Context<'_>,
+    from: EtcdState,
+    source: Version,
+    to: EtcdState,
+) -> Result<(), StepError> {
+    let data = ctx.data_dir.path();
+    let target = to.version.minor();
+    let etcd = ctx.start_healthy(source, Storage::Etcd3, data).await?;
+    let before = contents(&etcd).await?;
+    lower_storage_version(ctx, &etcd, source, target).await?;
+    ctx.stop(etcd).await?;
+    info!(from = %from, keys = before.keys.count, "etcd {source} lowered the storage version to {target}.0");
+
+    let etcd = ctx.start_healthy(to.version, Storage::Etcd3, data).await?;
+    wait_for_downgrade_job_end(&etcd, to.version).await?;
+    let after = contents(&etcd).await?;
+    ctx.stop(etcd).await?;
+    if let Some(job) = bbolt::downgrade_target(&data_dir::db_path(data)).map_err(unreadable)? {
+        return Err(StepError::Failed(format!(
+            "the downgrade job to {job} is still enabled after etcd stopped"
+        )));
+    }
+    if after != before {
+        return Err(StepError::Failed(format!(
+            "the downgraded data differs: before {before}, after {after}"
+        )));
+    }
+    info!(keys = after.keys.count, "etcd {} opens the data with the same keys and leases", to.version);
+    Ok(())
+}
+
+async fn contents(etcd: &EtcdProcess) -> Result<Contents, StepError> {
+    let client = V3Client::connect(etcd.endpoint().clone()).await?;
+    Ok(verify::contents(&client).await?)
+}
+
+/// Has the running `source` member downgrade its storage to `target`, and waits until it reports it.
+async fn lower_storage_version(
+    ctx: &Context<'_>,
+    etcd: &EtcdProcess,
+    source: Version,
+    target: Minor,
+) -> Result<(), StepError> {
+    let etcdctl = Etcdctl::new(ctx.config.etcdctl_binary(source));
+    let tls = TlsFiles::from_etcd_args(&ctx.config.extra_args);
+    let url = etcd.endpoint().base_url();
+    let lowered = Version::new(target.major, target.minor, 0).to_string();
+    let status = etcdctl.storage_status(url, &tls, ETCDCTL_TIMEOUT).await?;
+    if !downgrading_to(&status, &lowered) {
+        for action in ["validate", "enable"] {
+            etcdctl.downgrade(url, &tls, action, target, ETCDCTL_TIMEOUT).await?;
+        }
+        info!(target = %target, "downgrade enabled on etcd {source}");
+    }
+    let deadline = Instant::now() + DOWNGRADE_TIMEOUT;
+    loop {
+        let status = etcdctl.storage_status(url, &tls, ETCDCTL_TIMEOUT).await?;
+        if status.storage_version == lowered {
+            return Ok(());
+        }
+        if !downgrading_to(&status, &lowered) {
+            return Err(StepError::Failed(format!(
+                "etcd {source} dropped the downgrade to {target} (its downgrade job: {:?})",
+                status.downgrade
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(StepError::Failed(format!(
+                "etcd {source} did not lower its storage version to {lowered} within {DOWNGRADE_TIMEOUT:?} (still {})",
+                status.storage_version
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn downgrading_to(status: &StorageStatus, lowered: &str) -> bool {
+    status.downgrade.enabled && status.downgrade.target_version == lowered
+}
+
+/// Waits until the older member has ended the downgrade job, as etcd does once every member runs the
+/// target minor. Read from the backend file while etcd runs (3.5 does not report the job), retrying a
+/// read that raced a commit; the caller confirms it on the stopped file.
+async fn wait_for_downgrade_job_end(etcd: &EtcdProcess, version: Version) -> Result<(), StepError> {
+    let db = data_dir::db_path(&etcd.spec().data_dir);
+    let deadline = Instant::now() + DOWNGRADE_TIMEOUT;
+    loop {
+        if let Ok(None) = bbolt::downgrade_target(&db) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(StepError::Failed(format!(
+                "etcd {version} did not end the downgrade job within {DOWNGRADE_TIMEOUT:?}"
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn unreadable(error: bbolt::BboltError) -> StepError {
+    StepError::Failed(error.to_string())
+}
