@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The command line of the final etcd: `--data-dir` first when given, then the operator's flags.
-pub fn etcd_command(binary: &Path, data_dir: Option<&Path>, etcd_args: &[String]) -> Vec<OsString> {
+pub fn etcd_command(binary: &Path, data_dir: Option<&Path>, etcd_args: &[OsString]) -> Vec<OsString> {
     let mut argv = vec![binary.as_os_str().to_owned()];
     if let Some(data_dir) = data_dir {
         argv.extend([OsString::from("--data-dir"), data_dir.as_os_str().to_owned()]);
     }
-    argv.extend(etcd_args.iter().map(OsString::from));
+    argv.extend(etcd_args.iter().cloned());
     argv
 }
 
@@ -58,7 +58,7 @@ mod tests {
 
     #[test]
     fn data_dir_comes_first_when_given_then_the_operator_flags() {
-        let args = ["--name".to_string(), "m".to_string()];
+        let args = ["--name", "m"].map(OsString::from);
         let argv = etcd_command(Path::new("/bin/etcd-3.5.16"), Some(Path::new("/d")), &args);
         assert_eq!(argv, ["/bin/etcd-3.5.16", "--data-dir", "/d", "--name", "m"].map(OsString::from));
         let argv = etcd_command(Path::new("/bin/etcd-3.5.16"), None, &args);

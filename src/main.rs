@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use tracing::{error, info};
 
-use etcd_migrate::config::{self, Command, Config, Invocation};
+use etcd_migrate::config::{self, Command, Config};
 use etcd_migrate::multicall::{self, Action};
 use etcd_migrate::{exec, logging, migrate, report};
 
@@ -27,14 +27,26 @@ fn main() -> ExitCode {
             eprintln!("etcd-migrate: {}", exec::exec(&argv, &env));
             return ExitCode::from(2);
         }
-        Err(e) => return usage_error(e),
+        Err(e) => return bad_configuration(e),
     };
-    let config = match config::parse(&args, &env) {
-        Ok(Invocation::Run(config)) => config,
-        Ok(Invocation::Help) => return print(config::help()),
-        Ok(Invocation::ListOptions) => return print(config::list_options()),
-        Ok(Invocation::Version) => return print(format!("etcd-migrate {}\n", env!("CARGO_PKG_VERSION"))),
-        Err(e) => return usage_error(e),
+    let args = match config::parse(args) {
+        Ok(args) => args,
+        Err(e) => {
+            if e.use_stderr() {
+                eprintln!("etcd-migrate: {}", config::usage_error(&e));
+            } else {
+                let _ = e.print();
+            }
+            // clap's codes: 0 after --help and --version, 2 for bad usage.
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    if args.list_options {
+        return print(config::list_options());
+    }
+    let config = match config::resolve(args, |var| env.get(var).cloned()) {
+        Ok(config) => config,
+        Err(e) => return bad_configuration(e),
     };
     logging::init(config.log_format);
     match run(&config, verbatim, &env) {
@@ -55,7 +67,7 @@ fn bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/local/bin"))
 }
 
-fn usage_error(e: config::ConfigError) -> ExitCode {
+fn bad_configuration(e: config::ConfigError) -> ExitCode {
     eprintln!("etcd-migrate: {e}");
     ExitCode::from(2)
 }
