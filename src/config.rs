@@ -79,7 +79,13 @@ pub type VersionList = Vec<Version>;
 // above is the --help text.) Parse with `parse`, not clap's `Parser::parse`, which would skip
 // `command()`'s adjustments.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "etcd-migrate", version, disable_help_subcommand = true, after_help = EXIT_CODES)]
+#[command(
+    name = "etcd-migrate",
+    version,
+    args_override_self = true, // a repeated option: the last one wins
+    disable_help_subcommand = true,
+    after_help = EXIT_CODES
+)]
 pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -612,6 +618,8 @@ mod tests {
                 "--data-dir",
                 "/d/events",
                 "--target-version=3.4.23",
+                "--name",
+                "m0",
                 "--name",
                 "m1",
                 "--etcd-server-extra-args",
