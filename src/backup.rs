@@ -83,6 +83,9 @@ pub fn create(data_dir: &Path, label: &str, policy: &BackupPolicy) -> Result<Bac
         .map_err(io_error(&policy.backup_dir))?;
     let staging = partial(&path);
     let result = copy_and_verify(data_dir, &staging).and_then(|(files, bytes, digest)| {
+        if crate::faults::fail("backup-copy") {
+            return Err(io_error(&staging)(io::Error::other("fault injected")));
+        }
         let backup = Backup {
             path: path.clone(),
             label: label.to_string(),

@@ -1,5 +1,6 @@
 //! The pod command: pick the role by the name we were run as, parse, migrate, exec. Errors become one
-//! line and an exit code: 2 for bad configuration or input (nothing changed), 1 for a failed step.
+//! line and an exit code: 2 when nothing was changed (bad configuration or input), 1 after something was
+//! (`migrate::Phase`).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -80,15 +81,16 @@ fn print(text: String) -> ExitCode {
 /// Migrates, then execs the target etcd: with exactly the operator's arguments when `verbatim` (run as
 /// `etcd`), else with `--data-dir` first.
 fn run(config: &Config, verbatim: bool, env: &HashMap<String, String>) -> Result<(), (u8, String)> {
-    let failed = |e: migrate::MigrateError| (e.exit_code(), e.to_string());
+    let failed = |e: migrate::Failure| (e.exit_code(), e.to_string());
+    let read_only = |e| failed(migrate::Failure::read_only(e));
     match config.command {
-        Command::Plan => return report::plan(config).map(print).map(drop).map_err(failed),
-        Command::Status => return report::status(config).map(print).map(drop).map_err(failed),
+        Command::Plan => return report::plan(config).map(print).map(drop).map_err(read_only),
+        Command::Status => return report::status(config).map(print).map(drop).map_err(read_only),
         Command::Migrate => {}
     }
     let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| (1, e.to_string()))?;
-    runtime.block_on(migrate::migrate(config)).map_err(failed)?;
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| (2, e.to_string()))?;
+    let reached = runtime.block_on(migrate::migrate(config)).map_err(failed)?;
     drop(runtime);
     let target = config.target();
     if config.migrate_only {
@@ -100,5 +102,5 @@ fn run(config: &Config, verbatim: bool, env: &HashMap<String, String>) -> Result
     let argv = exec::etcd_command(&binary, data_dir, &config.etcd_args);
     info!(at = %target, binary = %binary.display(), "starting etcd");
     let e = exec::exec(&argv, env);
-    Err((2, format!("{e}: bundle etcd {} in the bin dir", target.version)))
+    Err((reached.exit_code(), format!("{e}: bundle etcd {} in the bin dir", target.version)))
 }

@@ -2,6 +2,7 @@
 //! check everything the plan needs, then take each step with a backup first where the plan says and
 //! `version.txt` rewritten after each, so a crash at any point resumes from the last completed step.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -29,44 +30,116 @@ pub enum MigrateError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     VersionFile(#[from] VersionFileError),
-    #[error("backup failed, nothing was changed: {0}")]
+    #[error("backup failed: {0}")]
     Backup(#[from] BackupError),
-    #[error("step {step} failed: {source}; version.txt still says {at}{backup}")]
-    Step { step: plan::Step, at: EtcdState, backup: String, source: Box<StepError> },
+    #[error("step {step} failed: {source}")]
+    Step { step: plan::Step, source: Box<StepError> },
     #[error("recovering the unfinished step {step} failed: {source}")]
     Recovery { step: plan::Step, source: Box<StepError> },
-    #[error(
-        "interrupted by {signal} during {step}; version.txt still says {at}; the next run resumes from there"
-    )]
-    Interrupted { signal: &'static str, step: plan::Step, at: EtcdState },
+    #[error("interrupted by {signal} during {step}: the next run resumes it")]
+    Interrupted { signal: &'static str, step: plan::Step },
 }
 
-impl MigrateError {
-    /// 2 for bad configuration or input (nothing was changed), 1 for a step that failed.
-    pub fn exit_code(&self) -> u8 {
+/// How far a run got, which alone decides a failure's exit code (README): whatever failed, and in
+/// whichever module, a run that had changed nothing exits 2 and one that had exits 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing in the data dir was written yet: reading, planning, preflight, and the first backup
+    /// (which goes beside the data dir, and removes its partial copy when it fails).
+    BeforeAnyChange,
+    /// A recovery, a step, `version.txt` or the journal was written (or was being written).
+    AfterChange,
+}
+
+impl Phase {
+    pub fn exit_code(self) -> u8 {
         match self {
-            MigrateError::DataDir(_)
-            | MigrateError::Plan(_)
-            | MigrateError::Preflight(_)
-            | MigrateError::VersionFile(_) => 2,
-            _ => 1,
+            Phase::BeforeAnyChange => 2,
+            Phase::AfterChange => 1,
         }
     }
 }
 
-/// Migrates the data dir to the configured target. On success `version.txt` names the target.
-pub async fn migrate(config: &Config) -> Result<(), MigrateError> {
+/// A failed run. There is no conversion from `MigrateError`: a failure is made where its phase is known.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}{aftermath}")]
+pub struct Failure {
+    phase: Phase,
+    error: MigrateError,
+    /// After a change, what the data dir says now, so the operator knows where it stands.
+    aftermath: String,
+}
+
+impl Failure {
+    /// A failure of the read-only commands, which change nothing.
+    pub fn read_only(error: MigrateError) -> Failure {
+        Failure { phase: Phase::BeforeAnyChange, error, aftermath: String::new() }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        self.phase.exit_code()
+    }
+}
+
+/// What a run has changed so far: its phase and the newest backup it made.
+struct Progress {
+    phase: Phase,
+    backup: Option<PathBuf>,
+}
+
+impl Progress {
+    /// Marks the run as changing the data dir: called just before each kind of write to it.
+    fn changing(&mut self) {
+        self.phase = Phase::AfterChange;
+    }
+
+    /// The failure `error` ends the run with. After a change it says what `version.txt` says now (read
+    /// back, not remembered), whether a step is left under way, and where the backup is.
+    fn failure(self, data_dir: &Path, error: MigrateError) -> Failure {
+        let aftermath = match self.phase {
+            Phase::BeforeAnyChange => String::new(),
+            Phase::AfterChange => {
+                let said = match version_file::read(data_dir) {
+                    Ok(Some(state)) => format!("version.txt says {state}"),
+                    Ok(None) => "there is no version.txt".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                let unfinished = match journal::read(data_dir) {
+                    Ok(Some(journal)) => format!("; the next run finishes or undoes {}", journal.step),
+                    Ok(None) | Err(_) => String::new(),
+                };
+                let backup = self.backup.map(|b| format!("; backup at {}", b.display())).unwrap_or_default();
+                format!("; {said}{unfinished}{backup}")
+            }
+        };
+        Failure { phase: self.phase, error, aftermath }
+    }
+}
+
+/// Migrates the data dir to the configured target. On success `version.txt` names the target, and the
+/// phase says whether anything had to change (the exit code if exec'ing etcd then fails).
+pub async fn migrate(config: &Config) -> Result<Phase, Failure> {
+    let mut progress = Progress { phase: Phase::BeforeAnyChange, backup: None };
+    match run(config, &mut progress).await {
+        Ok(()) => Ok(progress.phase),
+        Err(error) => Err(progress.failure(&config.data_dir, error)),
+    }
+}
+
+async fn run(config: &Config, progress: &mut Progress) -> Result<(), MigrateError> {
     let target = config.target();
     preflight::check_target_binary(config)?;
     let data_dir = DataDir::open_locked(&config.data_dir)?;
     let ctx = Context { config, data_dir: &data_dir };
     if let Some(mut unfinished) = journal::read(data_dir.path())? {
+        progress.changing();
         resume(&ctx, &mut unfinished).await?;
     }
     let facts = data_dir::inspect(data_dir.path())?;
     let current = match data_dir::current(data_dir.path(), &facts, config.assume_current, None)? {
         Current::Fresh => {
             info!(target = %target, "no etcd data yet: starting at the target");
+            progress.changing();
             version_file::write(data_dir.path(), target)?;
             return Ok(());
         }
@@ -78,13 +151,14 @@ pub async fn migrate(config: &Config) -> Result<(), MigrateError> {
     let plan = plan_for(config, current, &facts)?;
     if plan.steps.is_empty() {
         if facts.version_file.is_none() {
+            progress.changing();
             version_file::write(data_dir.path(), current)?;
         }
         return Ok(());
     }
     preflight::check(config, &plan)?;
     info!(from = %current, to = %target, steps = plan.steps.len(), "migrating");
-    run_steps(&ctx, &plan).await
+    run_steps(&ctx, &plan, progress).await
 }
 
 /// The plan from `current` to the target, with the extra rules for a member of a cluster. The one way
@@ -115,34 +189,31 @@ async fn resume(ctx: &Context<'_>, unfinished: &mut Journal) -> Result<(), Migra
     Ok(())
 }
 
-async fn run_steps(ctx: &Context<'_>, plan: &Plan) -> Result<(), MigrateError> {
+async fn run_steps(ctx: &Context<'_>, plan: &Plan, progress: &mut Progress) -> Result<(), MigrateError> {
     let data_dir = ctx.data_dir;
     let policy =
         BackupPolicy { backup_dir: ctx.config.backup_dir.clone(), retention: ctx.config.backup_retention };
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut backup = None;
     for (index, &step) in plan.steps.iter().enumerate() {
         let at = step.before();
         if plan.backup_before(index) {
             let label = at.to_string().replace('/', "-");
             let made = backup::create(data_dir.path(), &label, &policy)?;
             info!(path = %made.path.display(), bytes = made.bytes, files = made.files, "backup verified");
-            backup = Some(made.path);
+            progress.backup = Some(made.path);
         }
-        let mut journal = Journal { step, backup: backup.clone(), rebuilt_inode: None };
+        let mut journal = Journal { step, backup: progress.backup.clone(), rebuilt_inode: None };
+        progress.changing();
         journal::write(data_dir.path(), &journal)?;
         info!(step = index + 1, of = plan.steps.len(), from = %at, to = %step.after(), "{} starting", step.name());
         let started = Instant::now();
         let outcome = tokio::select! {
             outcome = steps::run(ctx, step, &mut journal) => outcome,
-            _ = terminate.recv() => return Err(MigrateError::Interrupted { signal: "SIGTERM", step, at }),
-            _ = interrupt.recv() => return Err(MigrateError::Interrupted { signal: "SIGINT", step, at }),
+            _ = terminate.recv() => return Err(MigrateError::Interrupted { signal: "SIGTERM", step }),
+            _ = interrupt.recv() => return Err(MigrateError::Interrupted { signal: "SIGINT", step }),
         };
-        outcome.map_err(|source| {
-            let backup = backup.as_ref().map(|b| format!("; backup at {}", b.display())).unwrap_or_default();
-            MigrateError::Step { step, at, backup, source: Box::new(source) }
-        })?;
+        outcome.map_err(|source| MigrateError::Step { step, source: Box::new(source) })?;
         version_file::write(data_dir.path(), step.after())?;
         journal::clear(data_dir.path())?;
         data_dir.clear_work_dirs()?;

@@ -58,6 +58,9 @@ pub fn write(data_dir: &Path, state: EtcdState) -> Result<(), VersionFileError> 
     let target = path(data_dir);
     let result = durable::stage(&target, format!("{state}\n").as_bytes()).and_then(|staged| {
         crate::faults::pause("version-file");
+        if crate::faults::fail("version-file-write") {
+            return Err(io::Error::other("fault injected"));
+        }
         staged.commit()
     });
     result.map_err(|source| VersionFileError::Write { path: target, source })

@@ -1,0 +1,97 @@
+//! The exit-code contract against real etcd: a run that fails before changing anything exits 2 with the
+//! data dir byte for byte as it was; a run that fails after a change exits 1, with `version.txt` (and the
+//! journal) telling the truth and the backup named. The phase decides, not the module that failed.
+
+mod support;
+
+use std::fs;
+use std::path::PathBuf;
+
+use etcd_migrate::data_dir::{db_path, journal_path};
+use etcd_migrate::version::Version;
+use etcd_migrate::{backup, bbolt, journal};
+use support::*;
+
+fn peer_url() -> String {
+    format!("http://localhost:{}", free_port())
+}
+
+/// Runs `migrator` on `dir/data` and checks the side of the contract where nothing was changed: exit 2,
+/// a message containing `says`, the data dir byte for byte as it was, and nothing (no backup, not even a
+/// partial one) beside it.
+fn assert_exits_2_and_nothing_changed(dir: &TempDir, migrator: Migrator, says: &str) {
+    let before = tree_fingerprint(&dir.join("data"));
+    let output = migrator.args(&["--target-version", "3.5.16", "--migrate-only"]).run();
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    assert!(message.contains(says), "{message}");
+    assert_eq!(tree_fingerprint(&dir.join("data")), before, "the data dir changed");
+    let beside: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(beside, ["data"], "nothing was left beside the data dir");
+}
+
+#[test]
+fn a_failed_first_backup_exits_2_with_the_data_dir_byte_identical() {
+    let dir = TempDir::new("exit-backup");
+    let data = dir.join("data");
+    let peer = peer_url();
+    make_etcd3_data("3.4.23", &data, &peer, &sample_keys());
+    let migrator = Migrator::new(&data, &peer).env("ETCD_MIGRATE_TEST_FAIL", "backup-copy");
+    assert_exits_2_and_nothing_changed(&dir, migrator, "backup failed");
+}
+
+#[test]
+fn a_damaged_journal_exits_2_with_the_data_dir_byte_identical() {
+    let dir = TempDir::new("exit-journal");
+    let data = dir.join("data");
+    let peer = peer_url();
+    make_etcd3_data("3.4.23", &data, &peer, &sample_keys());
+    fs::create_dir_all(journal_path(&data).parent().unwrap()).unwrap();
+    fs::write(journal_path(&data), "{").unwrap();
+    assert_exits_2_and_nothing_changed(&dir, Migrator::new(&data, &peer), "journal.json is damaged");
+}
+
+#[test]
+fn a_failure_after_a_completed_step_exits_1_with_the_truth_and_the_backup_named() {
+    let dir = TempDir::new("exit-after-step");
+    let data = dir.join("data");
+    let peer = peer_url();
+    let keys = sample_keys();
+    make_etcd3_data("3.3.25", &data, &peer, &keys);
+    let args = ["--target-version", "3.5.16", "--migrate-only"];
+    let output =
+        Migrator::new(&data, &peer).args(&args).env("ETCD_MIGRATE_TEST_FAIL", "version-file-write").run();
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+
+    // Step 1 ran: etcd 3.4 moved the data, but version.txt could not say so, and the journal records
+    // the step as under way (the invariant: version.txt is the truth except while a journal says so).
+    let cluster = bbolt::cluster_version(&db_path(&data)).unwrap();
+    assert_eq!(cluster, Some(Version::new(3, 4, 0)), "step 1 ran");
+    assert_eq!(version_txt(&data), "3.3.25/etcd3");
+    let unfinished = journal::read(&data).unwrap().expect("the journal records the step under way");
+    assert_eq!(unfinished.step.after().to_string(), "3.4.23/etcd3");
+    assert!(message.contains("version.txt says 3.3.25/etcd3"), "{message}");
+    assert!(
+        message.contains("the next run finishes or undoes in-place 3.3.25/etcd3 -> 3.4.23/etcd3"),
+        "{message}"
+    );
+
+    let named: PathBuf = message
+        .split("backup at ")
+        .nth(1)
+        .and_then(|rest| rest.split([';', '\n', ' ']).next())
+        .expect("the error names the backup")
+        .into();
+    assert_eq!(Some(named.clone()), unfinished.backup, "the named backup is the journal's");
+    backup::verify(&named).expect("the named backup is complete");
+    assert_eq!(fs::read_to_string(named.join("version.txt")).unwrap(), "3.3.25/etcd3");
+
+    // The next run finishes the step and the migration, losing nothing.
+    let output = Migrator::new(&data, &peer).args(&args).run();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(version_txt(&data), "3.5.16/etcd3");
+    assert!(!journal_path(&data).exists());
+    let etcd = TestEtcd::start_with("3.5.16", &data, "m", &peer, &[]);
+    assert_eq!(etcd.all_keys(), keys);
+}
