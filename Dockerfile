@@ -15,5 +15,7 @@ RUN apt-get update -q && BUNDLED_ETCD_VERSIONS="$BUNDLED_ETCD_VERSIONS" image/st
 FROM scratch
 COPY --from=builder /stage/rootfs/ /
 ARG USER=0:0
+# kubeadm's manifest calls `etcd` by name.
+ENV PATH=/usr/local/bin:/bin
 USER ${USER}
 ENTRYPOINT ["/usr/local/bin/etcd-migrate"]

@@ -1,6 +1,7 @@
 //! Full, verified backups of the data directory, taken before anything that cannot be undone.
 //!
-//! A backup is a sibling directory `<data-dir-name>-backup-<version>-<storage>-<UTC time>` (mode 0700)
+//! A backup is a directory `<data-dir-name>-backup-<version>-<storage>-<UTC time>` (mode 0700), beside
+//! the data dir or inside its volume (`policy`),
 //! holding a copy of the data dir and a manifest with a digest of every file. The copy is written to
 //! `<name>.partial`, fsynced, read back and checked against the digest of the source files, and only
 //! then renamed into place, so a backup that exists is a backup that was verified. The newest
@@ -16,8 +17,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::data_dir::{DataDir, DataDirError, STATE_DIR, member_dir};
+use crate::config::Config;
+use crate::data_dir::{self, DataDir, DataDirError, STATE_DIR, member_dir};
 use crate::durable::{self, sync_dir};
+use crate::mounts;
 use crate::swap;
 
 const MANIFEST: &str = "BACKUP-MANIFEST.json";
@@ -26,10 +29,29 @@ const BUFFER: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct BackupPolicy {
-    /// The directory that holds the backups (by default the data dir's parent).
+    /// The directory that holds the backups.
     pub backup_dir: PathBuf,
     /// How many backups of this data dir to keep, at least 1.
     pub retention: usize,
+}
+
+/// Where backups go: `--backup-dir` when given; else beside the data dir, where a pod that mounts the
+/// data dir's parent keeps them; else, when that parent is not on the data dir's own mount (a pod that
+/// mounts the data dir itself, as kubeadm's does), inside the data dir's volume, since anything outside
+/// it dies with the container.
+pub fn policy(config: &Config) -> BackupPolicy {
+    let backup_dir = config.backup_dir.clone().unwrap_or_else(|| {
+        let beside = match config.data_dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if mounts::same_mount(&beside, &config.data_dir) {
+            beside
+        } else {
+            data_dir::in_volume_backup_dir(&config.data_dir)
+        }
+    });
+    BackupPolicy { backup_dir, retention: config.backup_retention }
 }
 
 /// A complete, verified backup.
@@ -371,6 +393,31 @@ fn utc_stamp(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(data_dir: &Path, backup_dir: Option<&Path>) -> Config {
+        let mut args = vec!["--data-dir".into(), data_dir.as_os_str().to_owned()];
+        args.extend(
+            ["--target-version", "3.5.16", "--bundled-versions", "3.5.16", "--name", "m"].map(Into::into),
+        );
+        if let Some(dir) = backup_dir {
+            args.extend(["--backup-dir".into(), dir.as_os_str().to_owned()]);
+        }
+        crate::config::resolve(crate::config::parse(args).unwrap(), |_| None).unwrap()
+    }
+
+    #[test]
+    fn backups_go_beside_the_data_dir_on_its_mount_else_inside_its_volume() {
+        let temp = tempfile::tempdir().unwrap();
+        let data = temp.path().join("data");
+        assert_eq!(policy(&config(&data, None)).backup_dir, temp.path());
+        assert_eq!(policy(&config(&data, Some(Path::new("/b")))).backup_dir, Path::new("/b"));
+        // /dev/shm is a tmpfs of its own, its parent /dev another mount: a data dir mounted by itself.
+        let mounted_alone = Path::new("/dev/shm");
+        assert_eq!(
+            policy(&config(mounted_alone, None)).backup_dir,
+            Path::new("/dev/shm/.etcd-migrate/backups")
+        );
+    }
 
     fn sample_data_dir(root: &Path) -> PathBuf {
         let data = root.join("data");

@@ -176,7 +176,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "text")]
     pub output: Format,
 
-    /// Where backups go [default: the data dir's parent]
+    /// Where backups go [default: the data dir's parent; <data-dir>/.etcd-migrate/backups when that parent
+    /// is on another mount]
     #[arg(long, env = "BACKUP_DIR", value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
 
@@ -288,7 +289,8 @@ pub struct Config {
     pub log_format: Format,
     pub output: Format,
     pub migrate_only: bool,
-    pub backup_dir: PathBuf,
+    /// `None`: decided by `backup::policy` (beside the data dir, or inside its volume).
+    pub backup_dir: Option<PathBuf>,
     pub backup_retention: usize,
     pub ttl_lease_duration: Duration,
     pub health_timeout: Duration,
@@ -352,7 +354,7 @@ pub fn resolve(args: Args, env: impl Fn(&str) -> Option<String>) -> Result<Confi
         log_format: args.log_format,
         output: args.output,
         migrate_only: args.migrate_only,
-        backup_dir: args.backup_dir.unwrap_or_else(|| default_backup_dir(&data_dir)),
+        backup_dir: args.backup_dir,
         backup_retention: args.backup_retention,
         ttl_lease_duration: args.ttl_lease_duration,
         health_timeout: args.health_timeout,
@@ -403,14 +405,6 @@ fn hostname(env: impl Fn(&str) -> Option<String>) -> Result<String, ConfigError>
     }
     let host = nix::unistd::gethostname().map_err(|e| ConfigError::Hostname(e.to_string()))?;
     host.into_string().map_err(|host| ConfigError::Hostname(format!("hostname {host:?} is not UTF-8")))
-}
-
-/// Backups sit beside the data dir, so a pod that mounts the data dir's parent keeps them.
-fn default_backup_dir(data_dir: &Path) -> PathBuf {
-    match data_dir.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
 }
 
 pub fn parse_version_list(list: &str) -> Result<VersionList, String> {
@@ -518,7 +512,7 @@ mod tests {
             assert!(config.extra_args.is_empty());
             assert_eq!(config.storage_media_type, DEFAULT_MEDIA_TYPE);
             assert_eq!((config.log_format, config.output), (Format::Text, Format::Text));
-            assert_eq!(config.backup_dir, PathBuf::from("/var/etcd"));
+            assert_eq!(config.backup_dir, None);
             assert_eq!(config.backup_retention, 3);
             assert_eq!(config.ttl_lease_duration, Duration::from_secs(3600));
             assert_eq!(config.health_timeout, Duration::from_secs(300));
@@ -567,7 +561,7 @@ mod tests {
             assert_eq!(config.ttl_keys_directory, "/k8s/ev");
             assert_eq!(config.extra_args, ["--cert-file=/c", "--key-file", "/k"]);
             assert_eq!(config.storage_media_type, "application/json");
-            assert_eq!(config.backup_dir, PathBuf::from("/backups"));
+            assert_eq!(config.backup_dir, Some(PathBuf::from("/backups")));
             assert_eq!(config.backup_retention, 5);
             assert_eq!(config.ttl_lease_duration, Duration::from_secs(7200));
             assert_eq!(config.health_timeout, Duration::from_secs(90));
@@ -602,7 +596,7 @@ mod tests {
             assert_eq!(config.listen_client_urls, "http://127.0.0.1:18629");
             assert_eq!(config.initial_cluster, "etcd-node1=http://localhost:2380");
             assert!(config.extra_args.is_empty());
-            assert_eq!(config.backup_dir, PathBuf::from("/var/etcd"));
+            assert_eq!(config.backup_dir, None);
             assert_eq!(config.backup_retention, 3);
             assert_eq!(config.health_timeout, Duration::from_secs(300));
             assert_eq!(config.downgrade_method, DowngradeMethod::Auto);

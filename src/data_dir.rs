@@ -119,6 +119,12 @@ pub fn state_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(STATE_DIR)
 }
 
+/// Where backups go when the data dir's parent is not on the data dir's own volume: inside the state
+/// dir, which backups leave out, so a backup never holds the ones before it.
+pub fn in_volume_backup_dir(data_dir: &Path) -> PathBuf {
+    state_dir(data_dir).join("backups")
+}
+
 /// The journal of the step under way (read by the read-only commands too, so it takes a plain path).
 pub fn journal_path(data_dir: &Path) -> PathBuf {
     state_dir(data_dir).join(JOURNAL)

@@ -16,6 +16,7 @@ pub mod faults;
 pub mod journal;
 pub mod logging;
 pub mod migrate;
+pub mod mounts;
 pub mod multicall;
 pub mod plan;
 pub mod preflight;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use crate::backup::{self, BackupError, BackupPolicy};
+use crate::backup::{self, BackupError};
 use crate::config::Config;
 use crate::data_dir::{self, Current, DataDir, DataDirError, Facts};
 use crate::journal::{self, Journal, JournalError};
@@ -191,8 +191,7 @@ async fn resume(ctx: &Context<'_>, unfinished: &mut Journal) -> Result<(), Migra
 
 async fn run_steps(ctx: &Context<'_>, plan: &Plan, progress: &mut Progress) -> Result<(), MigrateError> {
     let data_dir = ctx.data_dir;
-    let policy =
-        BackupPolicy { backup_dir: ctx.config.backup_dir.clone(), retention: ctx.config.backup_retention };
+    let policy = backup::policy(ctx.config);
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
     for (index, &step) in plan.steps.iter().enumerate() {

@@ -54,15 +54,14 @@ pub fn check(config: &Config, plan: &Plan) -> Result<(), PreflightError> {
     for url in urls {
         etcd_process::ensure_port_free(url.trim())?;
     }
-    std::fs::create_dir_all(&config.backup_dir).map_err(|e| PreflightError::NotWritable {
-        path: config.backup_dir.clone(),
-        message: e.to_string(),
-    })?;
-    check_writable(&config.backup_dir)?;
+    let backup_dir = backup::policy(config).backup_dir;
+    std::fs::create_dir_all(&backup_dir)
+        .map_err(|e| PreflightError::NotWritable { path: backup_dir.clone(), message: e.to_string() })?;
+    check_writable(&backup_dir)?;
     let backups = (0..plan.steps.len()).filter(|&i| plan.backup_before(i)).count() as u64;
     let size = backup::size_of(&config.data_dir)
         .map_err(|e| PreflightError::Size { path: config.data_dir.clone(), message: e.to_string() })?;
-    check_space(&config.backup_dir, size * backups)?;
+    check_space(&backup_dir, size * backups)?;
     // A rebuilding step holds a second copy of the data in the data dir's work area.
     let rebuilds = plan.steps.iter().filter(|s| s.rebuilds()).count().min(1) as u64;
     check_space(&config.data_dir, size * rebuilds)

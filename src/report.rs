@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::backup::{self, BackupPolicy};
+use crate::backup;
 use crate::config::{Config, Format};
 use crate::data_dir::{self, Current, Facts};
 use crate::journal;
@@ -91,6 +91,7 @@ struct Status {
     db_cluster_version: Option<String>,
     v3_revisions: u64,
     unfinished_step: Option<String>,
+    backup_dir: String,
     backups: Vec<String>,
 }
 
@@ -98,7 +99,7 @@ struct Status {
 pub fn status(config: &Config) -> Result<String, MigrateError> {
     let facts: Facts = data_dir::inspect(&config.data_dir)?;
     let unfinished = journal::read(&config.data_dir)?.map(|j| j.step.to_string());
-    let policy = BackupPolicy { backup_dir: config.backup_dir.clone(), retention: config.backup_retention };
+    let policy = backup::policy(config);
     let backups = backup::list(&config.data_dir, &policy)?;
     let status = Status {
         data_dir: config.data_dir.display().to_string(),
@@ -107,6 +108,7 @@ pub fn status(config: &Config) -> Result<String, MigrateError> {
         db_cluster_version: facts.db_minor.map(|m| m.to_string()),
         v3_revisions: facts.v3_revisions,
         unfinished_step: unfinished,
+        backup_dir: policy.backup_dir.display().to_string(),
         backups: backups.iter().map(|b| b.display().to_string()).collect(),
     };
     Ok(match config.output {
@@ -122,7 +124,7 @@ pub fn status(config: &Config) -> Result<String, MigrateError> {
                 status.v3_revisions
             );
             out += &format!("unfinished step: {}\n", or_none(&status.unfinished_step));
-            out += &format!("backups:         {}\n", status.backups.len());
+            out += &format!("backups:         {} in {}\n", status.backups.len(), status.backup_dir);
             for backup in &status.backups {
                 out += &format!("  {backup}\n");
             }
