@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValue, RangedU64ValueParser};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+use crate::release::Tool;
 use crate::version::{EtcdState, Storage, Version};
 
 const DEFAULT_MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
@@ -380,11 +381,16 @@ impl Config {
     }
 
     pub fn etcd_binary(&self, version: Version) -> PathBuf {
-        self.bin_dir.join(format!("etcd-{version}"))
+        self.binary(Tool::Etcd, version)
     }
 
     pub fn etcdctl_binary(&self, version: Version) -> PathBuf {
-        self.bin_dir.join(format!("etcdctl-{version}"))
+        self.binary(Tool::Etcdctl, version)
+    }
+
+    /// `<bin-dir>/<tool>-X.Y.Z`, as the image bundles each release's tools.
+    pub fn binary(&self, tool: Tool, version: Version) -> PathBuf {
+        self.bin_dir.join(format!("{}-{version}", tool.name()))
     }
 }
 

@@ -17,7 +17,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::release;
+use crate::release::{self, Tool};
 use crate::version::{EtcdState, Minor, Storage, Version};
 
 /// The media type that an etcd2-era API server can read back; rollback to etcd2 requires it.
@@ -29,6 +29,10 @@ pub const JSON_MEDIA_TYPE: &str = "application/json";
 pub enum Step {
     /// Start etcd `to` on the data dir until healthy, then stop it: a one-minor upgrade, or a patch change.
     InPlace { from: EtcdState, to: EtcdState },
+    /// The last step on a release with a v2 store (the newest bundled 3.5) before one without: like
+    /// `InPlace`, then a v2 snapshot forced past every v2 record in the WAL, checked with `etcdutl check
+    /// v2store`, so that the next minor (3.6) opens the data.
+    SealV2 { from: EtcdState, to: EtcdState },
     /// Convert v2-store data to the v3 store with `etcdctl-<at> migrate`, then reattach TTL keys to leases.
     ConvertToEtcd3 { at: Version },
     /// One-minor 3.x downgrade: snapshot the data with `source` (same minor as `from`), restore it with
@@ -77,6 +81,7 @@ impl Step {
     pub fn before(&self) -> EtcdState {
         match *self {
             Step::InPlace { from, .. }
+            | Step::SealV2 { from, .. }
             | Step::Downgrade { from, .. }
             | Step::OnlineDowngrade { from, .. }
             | Step::RollbackToEtcd2 { from, .. } => from,
@@ -87,6 +92,7 @@ impl Step {
     pub fn after(&self) -> EtcdState {
         match *self {
             Step::InPlace { to, .. }
+            | Step::SealV2 { to, .. }
             | Step::Downgrade { to, .. }
             | Step::OnlineDowngrade { to, .. }
             | Step::RollbackToEtcd2 { to, .. } => to,
@@ -94,17 +100,24 @@ impl Step {
         }
     }
 
-    /// The etcd versions whose binaries (etcd and etcdctl) this step runs.
-    pub fn binaries(&self) -> Vec<Version> {
-        match *self {
-            Step::InPlace { to, .. } => vec![to.version],
+    /// The bundled tools this step runs: etcd and etcdctl of each release it uses, and etcdutl where it
+    /// checks data offline.
+    pub fn tools(&self) -> Vec<(Tool, Version)> {
+        let releases = match *self {
+            Step::InPlace { to, .. } | Step::SealV2 { to, .. } => vec![to.version],
             Step::ConvertToEtcd3 { at } => vec![at],
             Step::Downgrade { source, to, .. }
             | Step::OnlineDowngrade { source, to, .. }
             | Step::RollbackToEtcd2 { source, to, .. } => {
                 vec![source, to.version]
             }
+        };
+        let mut tools: Vec<(Tool, Version)> =
+            releases.into_iter().flat_map(|v| [(Tool::Etcd, v), (Tool::Etcdctl, v)]).collect();
+        if let Step::SealV2 { to, .. } = *self {
+            tools.push((Tool::Etcdutl, to.version));
         }
+        tools
     }
 
     // The two properties below decide backups and disk-space checks; they name every kind of step, so
@@ -115,7 +128,10 @@ impl Step {
     pub fn rewrites_in_place(&self) -> bool {
         match self {
             Step::ConvertToEtcd3 { .. } | Step::OnlineDowngrade { .. } => true,
-            Step::InPlace { .. } | Step::Downgrade { .. } | Step::RollbackToEtcd2 { .. } => false,
+            Step::InPlace { .. }
+            | Step::SealV2 { .. }
+            | Step::Downgrade { .. }
+            | Step::RollbackToEtcd2 { .. } => false,
         }
     }
 
@@ -123,13 +139,17 @@ impl Step {
     pub fn rebuilds(&self) -> bool {
         match self {
             Step::Downgrade { .. } | Step::RollbackToEtcd2 { .. } => true,
-            Step::InPlace { .. } | Step::ConvertToEtcd3 { .. } | Step::OnlineDowngrade { .. } => false,
+            Step::InPlace { .. }
+            | Step::SealV2 { .. }
+            | Step::ConvertToEtcd3 { .. }
+            | Step::OnlineDowngrade { .. } => false,
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             Step::InPlace { .. } => "in-place",
+            Step::SealV2 { .. } => "seal-v2",
             Step::ConvertToEtcd3 { .. } => "convert-to-etcd3",
             Step::Downgrade { .. } => "downgrade",
             Step::OnlineDowngrade { .. } => "online-downgrade",
@@ -168,7 +188,7 @@ impl Plan {
 pub fn check_member_of_cluster(plan: &Plan, cluster: Option<Minor>) -> Result<(), PlanError> {
     for step in &plan.steps {
         match step {
-            Step::InPlace { .. } => {}
+            Step::InPlace { .. } | Step::SealV2 { .. } => {}
             Step::ConvertToEtcd3 { .. } => return Err(PlanError::NotMemberByMember("converting etcd2 data")),
             Step::Downgrade { .. } | Step::OnlineDowngrade { .. } | Step::RollbackToEtcd2 { .. } => {
                 return Err(PlanError::NotMemberByMember("a downgrade"));
@@ -255,17 +275,10 @@ impl Planner<'_> {
     /// bundled patch (checked against the next minor's documented floor), then `to` itself.
     fn upgrade(&self, from: EtcdState, to: Version) -> Result<Vec<Step>, PlanError> {
         let mut steps = Vec::new();
-        let mut at = from;
-        let mut step_to = |at: &mut EtcdState, version: Version| {
-            let next = EtcdState::new(version, from.storage);
-            steps.push(Step::InPlace { from: *at, to: next });
-            *at = next;
-        };
-        while at.version.minor() < to.minor() {
-            let minor = at.version.minor();
-            if let Some(newest) = self.highest_patch(minor).filter(|&newest| newest > at.version) {
-                step_to(&mut at, newest);
-            }
+        let at = |steps: &[Step]| steps.last().map_or(from, Step::after);
+        let state = |version| EtcdState::new(version, from.storage);
+        while at(&steps).version.minor() < to.minor() {
+            let minor = at(&steps).version.minor();
             let next_minor =
                 minor.next().ok_or_else(|| self.unsupported("no known minor follows the current one"))?;
             let version = if next_minor == to.minor() {
@@ -273,20 +286,31 @@ impl Planner<'_> {
             } else {
                 self.require_patch(next_minor, "pass through it on the way up")?
             };
+            if release::capabilities(at(&steps).version).v2_store && !release::capabilities(version).v2_store
+            {
+                let newest =
+                    self.require_patch(minor, "seal its v2 store for the next minor, which has none")?;
+                steps.push(Step::SealV2 { from: at(&steps), to: state(newest) });
+            } else if let Some(newest) =
+                self.highest_patch(minor).filter(|&newest| newest > at(&steps).version)
+            {
+                steps.push(Step::InPlace { from: at(&steps), to: state(newest) });
+            }
+            let leaving = at(&steps).version;
             if let Some(floor) = release::capabilities(version).upgrade_floor
-                && at.version < floor
+                && leaving < floor
             {
                 return Err(PlanError::BelowFloor {
-                    from: at.version,
+                    from: leaving,
                     from_minor: minor,
                     floor,
                     to: next_minor,
                 });
             }
-            step_to(&mut at, version);
+            steps.push(Step::InPlace { from: at(&steps), to: state(version) });
         }
-        if at.version != to {
-            step_to(&mut at, to);
+        if at(&steps).version != to {
+            steps.push(Step::InPlace { from: at(&steps), to: state(to) });
         }
         Ok(steps)
     }
@@ -407,14 +431,17 @@ mod tests {
             render("3.4.23/etcd3", "3.7.1/etcd3", LINEAGE, PROTOBUF).unwrap(),
             [
                 "in-place 3.4.23/etcd3 -> 3.5.30/etcd3",
+                "seal-v2 3.5.30/etcd3 -> 3.5.30/etcd3",
                 "in-place 3.5.30/etcd3 -> 3.6.14/etcd3",
                 "in-place 3.6.14/etcd3 -> 3.7.1/etcd3",
             ]
         );
         assert_eq!(
             render("3.5.1/etcd3", "3.6.14/etcd3", LINEAGE, PROTOBUF).unwrap(),
-            ["in-place 3.5.1/etcd3 -> 3.5.30/etcd3", "in-place 3.5.30/etcd3 -> 3.6.14/etcd3"]
+            ["seal-v2 3.5.1/etcd3 -> 3.5.30/etcd3", "in-place 3.5.30/etcd3 -> 3.6.14/etcd3"]
         );
+        let seal = plan(state("3.5.1/etcd3"), state("3.6.14/etcd3"), &versions(LINEAGE), PROTOBUF).unwrap();
+        assert!(seal.steps[0].tools().contains(&(Tool::Etcdutl, Version::new(3, 5, 30))));
     }
 
     #[test]
@@ -697,8 +724,8 @@ mod tests {
             let (a, b) = (step.before().version.minor(), step.after().version.minor());
             let one_minor = a == b || a.next() == Some(b) || b.next() == Some(a);
             assert!(one_minor || matches!(step, Step::RollbackToEtcd2 { .. }), "{step} jumps minors");
-            for binary in step.binaries() {
-                assert!(bundled.contains(&binary), "{step} runs unbundled {binary}");
+            for (tool, version) in step.tools() {
+                assert!(bundled.contains(&version), "{step} runs unbundled {} {version}", tool.name());
             }
             if let Step::Downgrade { source, .. } | Step::OnlineDowngrade { source, .. } = *step {
                 let online = matches!(step, Step::OnlineDowngrade { .. });

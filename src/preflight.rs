@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::backup;
 use crate::config::Config;
 use crate::etcd_process::{self, EtcdError};
-use crate::plan::Plan;
+use crate::plan::{Plan, Step};
 use crate::release::{self, Tool, VersionQuery};
 use crate::version::Version;
 
@@ -31,21 +31,18 @@ pub enum PreflightError {
 }
 
 pub fn check(config: &Config, plan: &Plan) -> Result<(), PreflightError> {
-    let mut versions: Vec<Version> = plan.steps.iter().flat_map(|s| s.binaries()).collect();
-    versions.push(plan.target.version);
-    versions.sort();
-    versions.dedup();
+    let mut tools: Vec<(Tool, Version)> = plan.steps.iter().flat_map(Step::tools).collect();
+    tools.extend([(Tool::Etcd, plan.target.version), (Tool::Etcdctl, plan.target.version)]);
+    tools.sort_by_key(|&(tool, version)| (version, tool.name()));
+    tools.dedup();
     // Each check starts a Go binary (tens of milliseconds); run them all at once.
     std::thread::scope(|scope| {
-        let checks: Vec<_> = versions
+        let checks: Vec<_> = tools
             .iter()
-            .flat_map(|&version| {
-                [
-                    (config.etcd_binary(version), release::version_query(Tool::Etcd, version)),
-                    (config.etcdctl_binary(version), release::version_query(Tool::Etcdctl, version)),
-                ]
+            .map(|&(tool, version)| {
+                let path = config.binary(tool, version);
+                scope.spawn(move || check_binary(&path, &release::version_query(tool, version)))
             })
-            .map(|(path, query)| scope.spawn(move || check_binary(&path, &query)))
             .collect();
         checks.into_iter().try_for_each(|check| check.join().expect("a binary check does not panic"))
     })?;

@@ -59,26 +59,7 @@ fn check_converted(data: &std::path::Path, peer: &str, keys: &BTreeMap<String, (
     // them): they stay behind in the backup, and the README says so.
     assert_eq!(found.get(HIDDEN), None);
     assert_eq!(found.len(), keys.len(), "nothing else appeared");
-    let leased = etcd.leased_keys();
-    for (key, (_, ttl)) in keys {
-        let expected_ttl = match ttl {
-            Some(ttl) => Some(*ttl),
-            None if key.starts_with("/registry/events/") => Some(3600),
-            None => None,
-        };
-        match (expected_ttl, leased.get(key)) {
-            (None, None) => {}
-            (Some(ttl), Some(&(granted, remaining))) => {
-                assert!(granted <= 3600, "{key}: lease of {granted}s exceeds --ttl-lease-duration");
-                assert!(
-                    granted <= ttl + 30 && granted >= ttl - 60,
-                    "{key}: lease {granted}s for a TTL of {ttl}s"
-                );
-                assert!(remaining > 0 && remaining <= granted, "{key}: {remaining}s left of {granted}s");
-            }
-            (expected, actual) => panic!("{key}: expected lease {expected:?}, found {actual:?}"),
-        }
-    }
+    assert_leases_match_ttls(&etcd, keys);
     let v2_left = block_on(V2Client::new(etcd.endpoint()).leaves("/registry")).unwrap();
     assert!(v2_left.is_empty(), "the stale v2 copy is gone: {v2_left:?}");
 }

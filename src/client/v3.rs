@@ -448,6 +448,11 @@ impl V3Client {
         Ok(raw.id)
     }
 
+    pub async fn lease_revoke(&self, id: i64) -> Result<(), ClientError> {
+        let _: Value = self.post("/kv/lease/revoke", &json!({"ID": id.to_string()})).await?;
+        Ok(())
+    }
+
     pub async fn lease_time_to_live(&self, id: i64) -> Result<LeaseInfo, ClientError> {
         let raw: RawTimeToLive =
             self.post("/kv/lease/timetolive", &json!({"ID": id.to_string(), "keys": true})).await?;

@@ -11,6 +11,8 @@ mod logical_copy;
 mod online_downgrade;
 mod remaining_ttls;
 mod rollback;
+mod seal_v2;
+mod v2_snapshot;
 
 use std::path::Path;
 
@@ -83,9 +85,14 @@ impl Context<'_> {
         storage: Storage,
         data_dir: &Path,
     ) -> Result<EtcdProcess, StepError> {
-        let mut etcd = EtcdProcess::start(self.etcd_spec(version, storage, data_dir)).await?;
+        self.start_spec_healthy(self.etcd_spec(version, storage, data_dir)).await
+    }
+
+    /// Starts etcd as `spec` says and waits until it is healthy.
+    pub async fn start_spec_healthy(&self, spec: EtcdSpec) -> Result<EtcdProcess, StepError> {
+        let mut etcd = EtcdProcess::start(spec).await?;
         etcd.wait_healthy(self.config.health_timeout).await?;
-        info!(version = %version, pid = etcd.pid(), "hidden etcd is healthy");
+        info!(binary = %etcd.spec().binary.display(), pid = etcd.pid(), "hidden etcd is healthy");
         Ok(etcd)
     }
 
@@ -113,7 +120,8 @@ pub fn swap_in(ctx: &Context<'_>, journal: &mut Journal, work: &Path) -> Result<
 /// Runs one step to completion. `journal` is the record written for it, which rebuilding steps update.
 pub async fn run(ctx: &Context<'_>, step: Step, journal: &mut Journal) -> Result<(), StepError> {
     match step {
-        Step::InPlace { to, .. } => in_place::run(ctx, to).await,
+        Step::InPlace { from, to } => in_place::run(ctx, from, to).await,
+        Step::SealV2 { to, .. } => seal_v2::run(ctx, to).await,
         Step::ConvertToEtcd3 { at } => convert::run(ctx, at, journal).await,
         Step::Downgrade { from, source, to } => downgrade::run(ctx, from, source, to, journal).await,
         Step::OnlineDowngrade { from, source, to } => online_downgrade::run(ctx, from, source, to).await,
@@ -126,7 +134,8 @@ pub async fn run(ctx: &Context<'_>, step: Step, journal: &mut Journal) -> Result
 pub async fn recover(ctx: &Context<'_>, journal: &mut Journal) -> Result<bool, StepError> {
     match journal.step {
         // Starting etcd on the data may already have moved it to the new minor: finish the step.
-        Step::InPlace { to, .. } => in_place::run(ctx, to).await.map(|()| true),
+        Step::InPlace { from, to } => in_place::run(ctx, from, to).await.map(|()| true),
+        Step::SealV2 { to, .. } => seal_v2::run(ctx, to).await.map(|()| true),
         // The current minor opens the data in every state the step leaves: redo it.
         Step::OnlineDowngrade { from, source, to } => {
             online_downgrade::run(ctx, from, source, to).await.map(|()| true)

@@ -620,3 +620,29 @@ pub fn make_certs(dir: &Path) -> Certs {
     );
     Certs { ca: dir.join("ca.crt"), cert: dir.join("member.crt"), key: dir.join("member.key") }
 }
+
+/// Every key of `keys` (key → (value, v2 TTL)) that had a TTL, or lies under `/registry/events/` (which
+/// expire as Kubernetes' attachlease made them), is on a lease no longer than what it had left (and the
+/// 1 h cap); every other key is on none.
+pub fn assert_leases_match_ttls(etcd: &TestEtcd, keys: &BTreeMap<String, (String, Option<i64>)>) {
+    let leased = etcd.leased_keys();
+    for (key, (_, ttl)) in keys {
+        let expected_ttl = match ttl {
+            Some(ttl) => Some(*ttl),
+            None if key.starts_with("/registry/events/") => Some(3600),
+            None => None,
+        };
+        match (expected_ttl, leased.get(key)) {
+            (None, None) => {}
+            (Some(ttl), Some(&(granted, remaining))) => {
+                assert!(granted <= 3600, "{key}: lease of {granted}s exceeds --ttl-lease-duration");
+                assert!(
+                    granted <= ttl + 30 && granted >= ttl - 60,
+                    "{key}: lease {granted}s for a TTL of {ttl}s"
+                );
+                assert!(remaining > 0 && remaining <= granted, "{key}: {remaining}s left of {granted}s");
+            }
+            (expected, actual) => panic!("{key}: expected lease {expected:?}, found {actual:?}"),
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! Sealing the v2 store: the last step on etcd 3.5, so that 3.6, which has no v2 store, opens the data.
+//!
+//! etcd 3.6 replays the WAL past the newest v2 snapshot and panics on any v2 request there but its own
+//! membership records ("detected disallowed v2 WAL"); etcd <= 3.4 leaves such requests behind (its
+//! `/health` is a v2 quorum read, and conversion deletes the stale v2 copy through the v2 API). And it
+//! refuses a v2 snapshot holding keys ("custom content"). So the newest bundled 3.5 opens the data with
+//! a v2 snapshot forced past every earlier record ([`v2_snapshot`]), and then `etcdutl check v2store`
+//! must find no keys in it. If it does (keys written through the v2 API and never converted), the step
+//! fails naming them as the cause: they are the user's, and are not deleted here.
+//!
+//! Rerunning it is harmless, so a run that dies here simply seals again.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tracing::info;
+
+use super::{Context, StepError, v2_snapshot};
+use crate::etcdctl::{Etcdctl, EtcdctlError};
+use crate::release::Tool;
+use crate::version::{EtcdState, Version};
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+pub async fn run(ctx: &Context<'_>, to: EtcdState) -> Result<(), StepError> {
+    let data_dir = ctx.data_dir.path();
+    v2_snapshot::open_with_fresh_snapshot(ctx, to).await?;
+    check_v2store(ctx, to.version, data_dir).await
+}
+
+async fn check_v2store(ctx: &Context<'_>, version: Version, data_dir: &Path) -> Result<(), StepError> {
+    let etcdutl = Etcdctl::new(ctx.config.binary(Tool::Etcdutl, version));
+    let args = ["check".into(), "v2store".into(), "--data-dir".into(), data_dir.display().to_string()];
+    match etcdutl.run(&args, CHECK_TIMEOUT).await {
+        Ok(output) => {
+            info!(etcdutl = output.trim(), "v2 store sealed");
+            Ok(())
+        }
+        Err(EtcdctlError::Failed { stderr, .. }) if stderr.contains("custom content") => {
+            Err(StepError::Failed(format!(
+                "the v2 store holds keys written through the v2 API ({stderr}), which etcd 3.6 refuses: convert them \
+             to v3 or delete them with etcd {version} --enable-v2, then rerun; the data stays at {version}"
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
