@@ -370,9 +370,17 @@ pub fn resolve(args: Args, env: impl Fn(&str) -> Option<String>) -> Result<Confi
 }
 
 impl Config {
-    /// The target, which every command but `status` requires (checked by [`resolve`]).
+    /// The target, which every command but `status` requires (checked by [`resolve`]): as asked, or the
+    /// newest bundled patch of its minor when that patch is not bundled, since Kubernetes' manifests
+    /// template the version and the image separately. (No bundled patch at all: the planner refuses.)
     pub fn target(&self) -> EtcdState {
-        self.target.expect("resolve requires a target for this command")
+        let asked = self.target.expect("resolve requires a target for this command");
+        let bundled_patch =
+            || self.bundled.iter().copied().filter(|v| v.minor() == asked.version.minor()).max();
+        match self.bundled.contains(&asked.version) {
+            true => asked,
+            false => EtcdState::new(bundled_patch().unwrap_or(asked.version), asked.storage),
+        }
     }
 
     /// Whether this member has peers (more than one member in the initial cluster).
@@ -800,5 +808,25 @@ mod tests {
         ] {
             assert!(variables.contains(&var), "{var} in\n{listed}");
         }
+    }
+
+    #[test]
+    fn an_unbundled_target_patch_becomes_the_newest_bundled_patch_of_its_minor() {
+        let config = |target: &str| {
+            let args = ["--data-dir", "/d", "--name", "m", "--bundled-versions", "3.4.23,3.5.1,3.5.16"];
+            let args =
+                parse(args.into_iter().chain(["--target-version", target]).map(OsString::from)).unwrap();
+            resolve(args, |_| None).unwrap()
+        };
+        for (asked, runs) in
+            [("3.5.16", "3.5.16"), ("3.5.1", "3.5.1"), ("3.5.9", "3.5.16"), ("3.5.30", "3.5.16")]
+        {
+            assert_eq!(config(asked).target().version.to_string(), runs, "asked {asked}");
+        }
+        assert_eq!(
+            config("3.6.14").target().version,
+            Version::new(3, 6, 14),
+            "no 3.6 bundled: left to the planner"
+        );
     }
 }

@@ -128,6 +128,9 @@ pub async fn migrate(config: &Config) -> Result<Phase, Failure> {
 
 async fn run(config: &Config, progress: &mut Progress) -> Result<(), MigrateError> {
     let target = config.target();
+    if let Some(asked) = config.target.filter(|asked| *asked != target) {
+        warn!(asked = %asked, using = %target, "target patch not bundled: using the newest bundled patch of its minor");
+    }
     preflight::check_target_binary(config)?;
     let data_dir = DataDir::open_locked(&config.data_dir)?;
     let ctx = Context { config, data_dir: &data_dir };

@@ -46,11 +46,18 @@ pub fn read(data_dir: &Path) -> Result<Option<EtcdState>, VersionFileError> {
     }
     let bytes = fs::read(&path).map_err(|source| VersionFileError::Read { path: path.clone(), source })?;
     let text = String::from_utf8_lossy(&bytes);
-    // The original shell script wrote the file with `echo`, so one trailing newline is part of the format.
-    let line = text.strip_suffix('\n').unwrap_or(&text);
-    line.parse()
+    parse_line(&text)
         .map(Some)
-        .map_err(|_| VersionFileError::Invalid { path, content: text.chars().take(64).collect() })
+        .ok_or_else(|| VersionFileError::Invalid { path, content: text.chars().take(64).collect() })
+}
+
+/// `X.Y.Z/etcdN` as Kubernetes' tools accepted it: surrounding whitespace (the script's `echo` newline, a
+/// CRLF from an editor) is ignored, and a pre-release or build suffix (`3.4.0-rc.1`, semver's, as the Go
+/// `migrate` parsed it) counts as its release: only the minor decides the steps.
+fn parse_line(text: &str) -> Option<EtcdState> {
+    let (version, storage) = text.trim().split_once('/')?;
+    let release = version.split(['-', '+']).next()?;
+    format!("{release}/{storage}").parse().ok()
 }
 
 /// Replaces the version file atomically and durably.
@@ -89,7 +96,8 @@ mod tests {
     fn rejects_bad_files_naming_them() {
         let temp = tempfile::tempdir().unwrap();
         let dir = temp.path();
-        for content in ["", "garbage", "3.4/etcd3", "3.4.23/etcd4", "3.4.23/etcd3 junk", "3.4.23/etcd3\n\n"] {
+        for content in ["", "garbage", "3.4/etcd3", "3.4.23/etcd4", "3.4.23/etcd3 junk", "3.4.23/etcd3\n\n3"]
+        {
             fs::write(path(dir), content).unwrap();
             let err = read(dir).unwrap_err();
             assert!(matches!(err, VersionFileError::Invalid { .. }), "{content:?}");
@@ -100,5 +108,21 @@ mod tests {
         fs::create_dir(path(dir)).unwrap();
         assert!(matches!(read(dir).unwrap_err(), VersionFileError::NotAFile { .. }));
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn reads_what_kubernetes_tools_accepted() {
+        for (text, state) in [
+            ("3.4.23/etcd3\n", "3.4.23/etcd3"),
+            ("  3.4.23/etcd3 \r\n", "3.4.23/etcd3"),
+            ("3.4.0-rc.1/etcd3", "3.4.0/etcd3"),
+            ("3.5.0+build.7/etcd3\r\n", "3.5.0/etcd3"),
+            ("2.2.1/etcd2", "2.2.1/etcd2"),
+        ] {
+            assert_eq!(parse_line(text), Some(state.parse().unwrap()), "{text:?}");
+        }
+        for bad in ["", "3.4.23", "3.4/etcd3", "3.4.23/etcd4", "3.4.23/etcd3 extra", "v3.4.23/etcd3"] {
+            assert_eq!(parse_line(bad), None, "{bad:?}");
+        }
     }
 }

@@ -200,7 +200,7 @@ fn bad_configuration_exits_2_and_leaves_the_data_dir_byte_for_byte() {
     let cases: &[Case] = &[
         (&[], &[], "--target-version"),
         (&["--target-version", "3.5"], &[], "X.Y.Z"),
-        (&["--target-version", "3.6.0"], &[], "etcd-3.6.0"),
+        (&["--target-version", "3.9.0"], &[], "etcd-3.9.0"),
         (&["--target-version", "3.3.25", "--target-storage", "etcd4"], &[], "etcd4"),
         (&["--target-version", "3.3.25", "--target-storage", "etcd2"], &[], "application/json"),
         (&["--target-version", "3.5.16", "--port", "none"], &[], "--port"),
@@ -297,4 +297,26 @@ fn plan_prints_the_steps_and_changes_nothing() {
     assert_eq!(beside, ["data"], "no backup beside the data dir");
     let text = Migrator::new(&data, &peer).args(&["plan", "--target-version", "3.5.16"]).run();
     assert!(String::from_utf8_lossy(&text.stdout).contains("in-place"));
+}
+
+#[test]
+fn tolerates_what_kubernetes_tolerated_crlf_pre_releases_and_an_unbundled_target_patch() {
+    let dir = TempDir::new("tolerance");
+    let peer = peer_url();
+    let keys = sample_keys();
+    for (written, name) in [(" 3.4.23/etcd3\r\n", "crlf"), ("3.4.0-rc.1/etcd3\n", "rc")] {
+        let data = dir.join(name);
+        make_etcd3_data("3.4.23", &data, &peer, &keys);
+        fs::write(data.join("version.txt"), written).unwrap();
+        // 3.5.9 is not bundled, 3.5.16 is: what Kubernetes' manifests, templating the version apart from
+        // the image, may ask.
+        let output = Migrator::new(&data, &peer)
+            .args(&["--target-version", "3.5.9", "--bundled-versions", "3.4.23,3.5.16", "--migrate-only"])
+            .run();
+        assert!(output.status.success(), "{written:?}: {}", stderr(&output));
+        assert!(stderr(&output).contains("target patch not bundled"), "{}", stderr(&output));
+        assert_eq!(version_txt(&data), "3.5.16/etcd3", "what really ran is recorded");
+        let etcd = TestEtcd::start_with("3.5.16", &data, "m", &peer, &[]);
+        assert_eq!(etcd.all_keys(), keys);
+    }
 }
