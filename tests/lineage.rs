@@ -97,3 +97,29 @@ fn data_of_3_4_reaches_3_6_through_a_sealed_3_5_even_when_killed_while_sealing()
     assert_eq!(etcd.all_keys(), keys);
     check_leases(&etcd, &ttls);
 }
+
+#[test]
+fn keys_never_converted_from_the_v2_store_stop_the_seal_and_stay() {
+    let dir = TempDir::new("lineage-v2-keys");
+    let data = dir.join("data");
+    let peer = format!("http://localhost:{}", free_port());
+    let etcd = TestEtcd::start_with("3.4.23", &data, "m", &peer, &[]);
+    etcd.put("/registry/pods/p", "pod");
+    block_on(V2Client::new(etcd.endpoint()).set(
+        "/legacy/flannel/config",
+        "{\"Network\":\"10.1.0.0/16\"}",
+        None,
+    ))
+    .unwrap();
+    etcd.stop();
+    std::fs::write(data.join("version.txt"), "3.4.23/etcd3\n").unwrap();
+
+    let output = Migrator::new(&data, &peer).args(&["--target-version", "3.6.14", "--migrate-only"]).run();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("keys written through the v2 API"), "{}", stderr(&output));
+    assert_eq!(version_txt(&data), "3.5.30/etcd3", "3.6 never opened the data");
+    let etcd = TestEtcd::start_with("3.5.30", &data, "m", &peer, &[]);
+    assert_eq!(etcd.all_keys(), BTreeMap::from([("/registry/pods/p".to_string(), b"pod".to_vec())]));
+    let v2 = block_on(V2Client::new(etcd.endpoint()).leaves("/legacy")).unwrap();
+    assert_eq!(v2.len(), 1, "the v2 key is still there: {v2:?}");
+}
