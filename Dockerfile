@@ -8,6 +8,8 @@
 #   image/stage.sh --source packages OUT && docker build -f image/Dockerfile.staged OUT
 FROM rust:1-bookworm AS builder
 ARG BUNDLED_ETCD_VERSIONS="3.5.12"
+# etcd-client compiles etcd's gRPC protos at build time.
+RUN apt-get update -q && apt-get install -y -q --no-install-recommends protobuf-compiler && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN apt-get update -q && BUNDLED_ETCD_VERSIONS="$BUNDLED_ETCD_VERSIONS" image/stage.sh --source official /stage

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-gnu
+command -v protoc >/dev/null || { echo "error: protoc not found (etcd-client compiles etcd's protos): apt-get install protobuf-compiler" >&2; exit 1; }
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet --target "$target"
 binary="target/$target/release/etcd-migrate"
 dynamic=$(readelf -d "$binary")

@@ -17,7 +17,9 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use crate::client::{ClientError, Endpoint, TlsFiles, health};
+use crate::client::{ClientError, Endpoint, TlsFiles, health, v3};
+use crate::release;
+use crate::version::Version;
 
 /// How often health is polled: etcd becomes healthy about a second after start, so polling fast is
 /// what keeps a migration close to the time etcd itself needs.
@@ -34,6 +36,8 @@ const DROP_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct EtcdSpec {
     pub binary: PathBuf,
+    /// The release `binary` is: it decides the flags etcd gets beyond these.
+    pub version: Version,
     pub data_dir: PathBuf,
     pub name: String,
     /// Also advertised: the hidden etcd is only reached through it.
@@ -65,6 +69,9 @@ impl EtcdSpec {
         }
         if self.enable_v2 {
             args.push("--enable-v2=true".into());
+        }
+        if release::capabilities(self.version).max_txn_ops_flag {
+            args.push(format!("--max-txn-ops={}", v3::RAISED_MAX_TXN_OPS));
         }
         args.extend(self.extra_args.iter().cloned());
         args

@@ -20,6 +20,7 @@ pub mod mounts;
 pub mod multicall;
 pub mod plan;
 pub mod preflight;
+pub mod progress;
 pub mod release;
 pub mod report;
 pub mod steps;

@@ -13,12 +13,11 @@ pub struct Capabilities {
     /// Has the `--enable-v2` flag (3.3–3.5). Older releases always serve v2 and exit 2 on the flag;
     /// 3.4 and 3.5 serve v2 only with it.
     pub enable_v2_flag: bool,
-    /// Where the v3 JSON gateway is served, `None` before 3.0. 3.0–3.2 serve only `/v3alpha`; 3.3 also
-    /// `/v3beta` (used); 3.4 and later `/v3`.
-    pub v3_gateway: Option<&'static str>,
-    /// A v3 put may keep the stored value or lease (`ignore_value`, `ignore_lease`; 3.2 and later). 3.0
-    /// rejects the fields (HTTP 400 `unknown field`); 3.1 ignores them and writes an empty value.
+    /// A v3 put may keep the stored value or lease (`ignore_value`, `ignore_lease`; 3.2 and later). Over
+    /// gRPC, 3.0 and 3.1 drop the unknown field and write an empty value.
     pub put_ignore_value: bool,
+    /// Has `--max-txn-ops` (3.3 and later); older releases allow 128 operations of a kind per transaction.
+    pub max_txn_ops_flag: bool,
     /// `ETCDCTL_API=3 etcdctl migrate` copies a stopped member's v2 store into its v3 store (3.0–3.4).
     pub etcdctl_migrate: bool,
     /// etcdctl speaks the v2 API unless `ETCDCTL_API=3` is set (3.0–3.3); 3.6 and later warn on the
@@ -51,13 +50,8 @@ pub fn capabilities(version: Version) -> Capabilities {
     Capabilities {
         v2_store: !at_least(6),
         enable_v2_flag: at_least(3) && !at_least(6),
-        v3_gateway: match (major, minor) {
-            (2, _) => None,
-            (3, ..=2) => Some("/v3alpha"),
-            (3, 3) => Some("/v3beta"),
-            _ => Some("/v3"),
-        },
         put_ignore_value: at_least(2),
+        max_txn_ops_flag: at_least(3),
         etcdctl_migrate: v3 && !at_least(5),
         etcdctl_needs_api_3: v3 && !at_least(6),
         etcdutl: at_least(5),
@@ -147,16 +141,6 @@ mod tests {
     }
 
     #[test]
-    fn the_v3_gateway_prefix() {
-        assert_eq!(caps("2.3.7").v3_gateway, None);
-        assert_eq!(caps("3.0.17").v3_gateway, Some("/v3alpha"));
-        assert_eq!(caps("3.2.32").v3_gateway, Some("/v3alpha"));
-        assert_eq!(caps("3.3.25").v3_gateway, Some("/v3beta"));
-        assert_eq!(caps("3.4.23").v3_gateway, Some("/v3"));
-        assert_eq!(caps("3.7.1").v3_gateway, Some("/v3"));
-    }
-
-    #[test]
     fn which_releases_convert_keep_values_and_downgrade_online() {
         let with = |pick: fn(Capabilities) -> bool| -> Vec<&str> {
             ["2.3.7", "3.0.17", "3.1.20", "3.2.32", "3.3.25", "3.4.23", "3.5.16", "3.6.14", "3.7.1"]
@@ -166,6 +150,7 @@ mod tests {
         };
         assert_eq!(with(|c| c.etcdctl_migrate), ["3.0.17", "3.1.20", "3.2.32", "3.3.25", "3.4.23"]);
         assert_eq!(with(|c| c.put_ignore_value), ["3.2.32", "3.3.25", "3.4.23", "3.5.16", "3.6.14", "3.7.1"]);
+        assert_eq!(with(|c| c.max_txn_ops_flag), ["3.3.25", "3.4.23", "3.5.16", "3.6.14", "3.7.1"]);
         assert_eq!(with(|c| c.etcdutl), ["3.5.16", "3.6.14", "3.7.1"]);
         assert_eq!(with(|c| c.downgrade_api), ["3.6.14", "3.7.1"]);
     }

@@ -12,7 +12,8 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::client::ClientError;
-use crate::client::v3::{KeyValue, Page, V3Client};
+use crate::client::v3::{KeyValue, Read, V3Client, prefix_end};
+use crate::progress::{Progress, Unit};
 
 #[derive(Clone, Default)]
 pub struct KeyDigest {
@@ -66,25 +67,29 @@ impl fmt::Display for Summary {
 /// Count and digest of every v3 key under `prefix` (a directory, `/registry/`; empty for the whole
 /// keyspace), read page by page at one revision. Keys hidden from the v2 API (a path segment starting
 /// with `_`) are left out when `like_v2` is set, so the result compares with what the v2 API lists.
+/// `expected` is how many keys there should be, for the progress log.
 pub async fn v3_summary(
-    client: &crate::client::v3::V3Client,
+    client: &V3Client,
     prefix: &str,
     like_v2: bool,
-) -> Result<Summary, crate::client::ClientError> {
+    expected: Option<u64>,
+) -> Result<Summary, ClientError> {
     let (start, end) = if prefix.is_empty() {
         (vec![0], vec![0])
     } else {
-        (prefix.as_bytes().to_vec(), crate::client::v3::prefix_end(prefix.as_bytes()))
+        (prefix.as_bytes().to_vec(), prefix_end(prefix.as_bytes()))
     };
     let mut digest = KeyDigest::new();
+    let progress = Progress::start("verifying", Unit::Keys, expected);
     client
-        .for_each_page(&start, &end, crate::client::v3::Page::with_values(1000), async |kvs| {
+        .for_each_page(&start, &end, Read::WithValues, async |kvs| {
+            progress.add(kvs.len() as u64);
             for kv in kvs {
                 if !(like_v2 && hidden_from_v2(&kv.key[prefix.len()..])) {
                     digest.add(&kv.key, &kv.value);
                 }
             }
-            Ok::<(), crate::client::ClientError>(())
+            Ok::<(), ClientError>(())
         })
         .await?;
     Ok(digest.finish())
@@ -121,11 +126,14 @@ impl ContentsDigest {
     }
 }
 
-/// What the whole keyspace of `client`'s etcd holds, read page by page.
-pub async fn contents(client: &V3Client) -> Result<Contents, ClientError> {
+/// What the whole keyspace of `client`'s etcd holds, read page by page; `expected` is how many keys
+/// there should be, for the progress log.
+pub async fn contents(client: &V3Client, expected: Option<u64>) -> Result<Contents, ClientError> {
     let mut digest = ContentsDigest::default();
+    let progress = Progress::start("verifying", Unit::Keys, expected);
     client
-        .for_each_page(&[0], &[0], Page::with_values(1000), async |kvs| {
+        .for_each_page(&[0], &[0], Read::WithValues, async |kvs| {
+            progress.add(kvs.len() as u64);
             kvs.iter().for_each(|kv| digest.add(kv));
             Ok::<(), ClientError>(())
         })

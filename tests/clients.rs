@@ -1,4 +1,4 @@
-//! The v2 and v3 clients, etcdctl and the bbolt reader against real etcd 3.3, 3.4 and 3.5.
+//! The v2 and v3 clients, etcdctl and the bbolt reader against real etcd releases.
 
 mod support;
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use etcd_migrate::bbolt;
 use etcd_migrate::client::v2::V2Client;
-use etcd_migrate::client::v3::{MAX_TXN_OPS, Op, Page, V3Client, prefix_end};
+use etcd_migrate::client::v3::{ModRevisionIs, Op, Read, V3Client, max_txn_ops, prefix_end};
 use etcd_migrate::client::{ClientError, Endpoint, TlsFiles};
 use etcd_migrate::data_dir::db_path;
 use etcd_migrate::etcdctl::{Etcdctl, EtcdctlError, RestoreMember};
@@ -18,7 +18,7 @@ const KEYS: usize = 2500;
 
 #[test]
 fn v3_client_pages_batches_and_leases_and_bbolt_reads_what_etcd_wrote() {
-    for (version, minor) in [("3.3.25", 3), ("3.4.23", 4), ("3.5.16", 5)] {
+    for (version, minor) in [("3.3.25", 3), ("3.4.23", 4), ("3.5.16", 5), ("3.6.14", 6)] {
         let dir = TempDir::new("clients");
         let data = dir.join("data");
         let etcd = TestEtcd::start(version, &data);
@@ -26,57 +26,53 @@ fn v3_client_pages_batches_and_leases_and_bbolt_reads_what_etcd_wrote() {
         let expected: BTreeSet<Vec<u8>> =
             (0..KEYS).map(|i| format!("/registry/k/{i:05}").into_bytes()).collect();
         let (seen, lease_keys) = rt.block_on(async {
-            let client = V3Client::connect(Endpoint::new(&etcd.client_url, &TlsFiles::default()).unwrap())
-                .await
-                .unwrap();
+            let endpoint = Endpoint::new(&etcd.client_url, &TlsFiles::default()).unwrap();
+            let client = V3Client::connect(endpoint.clone()).await.unwrap();
+            let mut grpc = grpc(&endpoint).await;
+            let max_txn_ops = max_txn_ops(client.capabilities());
+            assert_eq!(max_txn_ops, 1024, "{version}: the hidden etcd's --max-txn-ops");
             let ops: Vec<Op> =
                 expected.iter().map(|k| Op::Put { key: k.clone(), value: k.clone(), lease: 0 }).collect();
-            for batch in ops.chunks(MAX_TXN_OPS) {
-                assert!(client.txn(&[], batch).await.unwrap());
+            for batch in ops.chunks(max_txn_ops) {
+                assert!(client.txn(Vec::new(), batch.to_vec()).await.unwrap());
             }
             let one_too_many: Vec<Op> =
-                (0..=MAX_TXN_OPS).map(|i| Op::Delete { key: format!("/x/{i}").into_bytes() }).collect();
-            let refused = client.txn(&[], &one_too_many).await.unwrap_err();
+                (0..=max_txn_ops).map(|i| Op::Delete { key: format!("/x/{i}").into_bytes() }).collect();
+            let refused = client.txn(Vec::new(), one_too_many).await.unwrap_err();
             assert!(refused.to_string().contains("too many operations"), "{version}: {refused}");
             let lease = client.lease_grant(600).await.unwrap();
-            client.put(b"/registry/events/e1", b"event", lease).await.unwrap();
-            let info = client.lease_time_to_live(lease).await.unwrap();
+            grpc.put("/registry/events/e1", "event", Some(etcd_client::PutOptions::new().with_lease(lease)))
+                .await
+                .unwrap();
+            let ttl = client.lease_ttl(lease).await.unwrap();
             assert_eq!(client.lease_ids().await.unwrap(), vec![lease]);
-            assert!(info.ttl > 0 && info.ttl <= 600, "{info:?}");
+            assert!(ttl > 0 && ttl <= 600, "{ttl}");
 
-            client.put(b"/registry/k/00007", b"rewritten", 0).await.unwrap();
-            let before_read = client.range_page(b"/", &[0], Page::with_values(1), 0).await.unwrap().revision;
+            grpc.put("/registry/k/00007", "rewritten", None).await.unwrap();
+            let before_read = current_revision(&endpoint).await;
             let mut seen = Vec::new();
             let mut pages = Vec::new();
             let read_at = client
-                .for_each_page(
-                    b"/registry/k/",
-                    &prefix_end(b"/registry/k/"),
-                    Page::with_values(1000),
-                    async |kvs| {
-                        if pages.is_empty() {
-                            // Written after the first page: later pages are read at the first page's revision.
-                            client.put(b"/registry/k/99999", b"too late", 0).await?;
-                        }
-                        pages.push(kvs.len());
-                        for kv in kvs {
-                            let rewritten = kv.key == b"/registry/k/00007";
-                            assert_eq!(
-                                kv.value,
-                                if rewritten { b"rewritten".to_vec() } else { kv.key.clone() }
-                            );
-                            assert_eq!(kv.version, if rewritten { 2 } else { 1 });
-                            assert!(kv.create_revision <= kv.mod_revision && kv.mod_revision <= before_read);
-                            seen.push(kv.key);
-                        }
-                        Ok::<(), ClientError>(())
-                    },
-                )
+                .for_each_page(b"/registry/k/", &prefix_end(b"/registry/k/"), Read::WithValues, async |kvs| {
+                    if pages.is_empty() {
+                        // Written after the first page: later pages are read at the first page's revision.
+                        grpc.clone().put("/registry/k/99999", "too late", None).await.unwrap();
+                    }
+                    pages.push(kvs.len());
+                    for kv in kvs {
+                        let rewritten = kv.key == b"/registry/k/00007";
+                        assert_eq!(kv.value, if rewritten { b"rewritten".to_vec() } else { kv.key.clone() });
+                        assert_eq!(kv.version, if rewritten { 2 } else { 1 });
+                        assert!(kv.create_revision <= kv.mod_revision && kv.mod_revision <= before_read);
+                        seen.push(kv.key);
+                    }
+                    Ok::<(), ClientError>(())
+                })
                 .await
                 .unwrap();
-            assert_eq!(pages, [1000, 1000, 500], "{version}: {KEYS} keys in pages of 1000");
+            assert!(pages.len() > 1, "{version}: {KEYS} keys come in more than one page: {pages:?}");
             assert_eq!(read_at, before_read, "{version}: one revision for every page");
-            (seen, info.keys)
+            (seen, lease_info(&endpoint, lease).await.keys().to_vec())
         });
         assert_eq!(
             seen.iter().cloned().collect::<BTreeSet<_>>(),
@@ -86,9 +82,11 @@ fn v3_client_pages_batches_and_leases_and_bbolt_reads_what_etcd_wrote() {
         assert!(seen.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(lease_keys, vec![b"/registry/events/e1".to_vec()]);
 
-        // bbolt: readable while etcd runs (no lock), then exactly after a clean stop.
-        assert_eq!(bbolt::cluster_version(&db_path(&data)).unwrap(), Some(Version::new(3, minor, 0)));
+        // bbolt: readable while etcd runs (no lock; what etcd has committed so far), then exactly after a
+        // clean stop.
+        bbolt::cluster_version(&db_path(&data)).unwrap();
         etcd.stop();
+        assert_eq!(bbolt::cluster_version(&db_path(&data)).unwrap(), Some(Version::new(3, minor, 0)));
         assert_eq!(
             bbolt::count_keys(&db_path(&data), b"key").unwrap(),
             KEYS as u64 + 3,
@@ -96,6 +94,47 @@ fn v3_client_pages_batches_and_leases_and_bbolt_reads_what_etcd_wrote() {
         );
         assert_eq!(bbolt::count_keys(&db_path(&data), b"no-such-bucket").unwrap(), 0);
         assert_eq!(bbolt::read_value(&db_path(&data), b"cluster", b"nothing").unwrap(), None);
+    }
+}
+
+/// gRPC drops a request field the server does not know: a put with `ignore_value` would blank the value
+/// on 3.0 and 3.1. The client sends it only to releases that know it, and refuses otherwise.
+#[test]
+fn attaching_a_lease_keeps_the_value_on_releases_that_know_ignore_value_and_is_refused_on_others() {
+    for (version, ignores_value, txn_ops) in
+        [("3.0.17", false, 128), ("3.1.20", false, 128), ("3.2.32", true, 128), ("3.3.25", true, 1024)]
+    {
+        let dir = TempDir::new("ignore-value");
+        let etcd = TestEtcd::start(version, &dir.join("data"));
+        block_on(async {
+            let client = V3Client::connect(etcd.endpoint()).await.unwrap();
+            let caps = client.capabilities();
+            assert_eq!((caps.put_ignore_value, max_txn_ops(caps)), (ignores_value, txn_ops));
+            let put = Op::Put { key: b"/registry/events/e".to_vec(), value: b"event".to_vec(), lease: 0 };
+            assert!(client.txn(Vec::new(), vec![put]).await.unwrap());
+            let lease = client.lease_grant(600).await.unwrap();
+            let mut key = None;
+            client
+                .for_each_page(b"/", &[0], Read::KeysOnly, async |kvs| {
+                    assert_eq!(kvs[0].value, b"", "{version}: keys only");
+                    key = Some(kvs[0].clone());
+                    Ok::<(), ClientError>(())
+                })
+                .await
+                .unwrap();
+            let key = key.unwrap();
+            let guard = vec![ModRevisionIs { key: key.key.clone(), mod_revision: key.mod_revision }];
+            let attached = client.txn(guard, vec![Op::AttachLease { key: key.key.clone(), lease }]).await;
+            if ignores_value {
+                assert!(attached.unwrap(), "{version}");
+            } else {
+                assert!(attached.unwrap_err().to_string().contains("ignore_value"), "{version}");
+            }
+        });
+        let values = etcd.v3_key_values();
+        assert_eq!(values.len(), 1);
+        assert_eq!(values[0].value, b"event", "{version}: the value is kept");
+        assert_eq!(values[0].lease != 0, ignores_value, "{version}");
     }
 }
 
@@ -147,32 +186,39 @@ fn v2_client_sets_lists_with_ttls_and_deletes_trees() {
 }
 
 #[test]
-fn a_gateway_snapshot_restores_with_etcdctl_to_the_same_keys_and_leases() {
+fn a_grpc_snapshot_restores_with_etcdctl_to_the_same_keys_and_leases() {
     for version in ["3.3.25", "3.4.23", "3.5.16"] {
         let dir = TempDir::new("snapshot");
         let etcd = TestEtcd::start(version, &dir.join("data"));
         let snapshot = dir.join("snapshot.db");
         let (written, lease) = block_on(async {
-            let client = V3Client::connect(etcd.endpoint()).await.unwrap();
-            let status = client.status().await.unwrap();
-            assert_eq!((status.version.as_str(), status.leader != 0), (version, true), "{status:?}");
-            let members = client.member_list().await.unwrap();
-            let [member] = members.as_slice() else { panic!("{version}: one member, not {members:?}") };
-            assert_eq!(member.name, "m");
+            let endpoint = etcd.endpoint();
+            let mut grpc = grpc(&endpoint).await;
+            let status = grpc.status().await.unwrap();
+            assert_eq!((status.version(), status.leader() != 0), (version, true), "{version}");
+            let members = grpc.member_list().await.unwrap();
+            let [member] = members.members() else { panic!("{version}: one member") };
+            assert_eq!(member.name(), "m");
             assert_eq!(
-                (member.peer_urls.as_slice(), member.client_urls.as_slice()),
+                (member.peer_urls(), member.client_urls()),
                 (std::slice::from_ref(&etcd.peer_url), std::slice::from_ref(&etcd.client_url))
             );
 
+            let client = V3Client::connect(endpoint.clone()).await.unwrap();
             let lease = client.lease_grant(3600).await.unwrap();
-            for i in 0..300u32 {
-                // Binary values, as Kubernetes' protobuf encoding writes them, and a database of several chunks.
-                let value: Vec<u8> = [b"k8s\0".as_slice(), &i.to_le_bytes(), &[0xff; 2000]].concat();
-                client.put(format!("/registry/pods/p{i:03}").as_bytes(), &value, 0).await.unwrap();
+            let mut puts: Vec<Op> = (0..300u32)
+                .map(|i| Op::Put {
+                    // Binary values, as Kubernetes' protobuf encoding writes them, and a database of several chunks.
+                    key: format!("/registry/pods/p{i:03}").into_bytes(),
+                    value: [b"k8s\0".as_slice(), &i.to_le_bytes(), &[0xff; 2000]].concat(),
+                    lease: 0,
+                })
+                .collect();
+            puts.push(Op::Put { key: b"/registry/events/e".to_vec(), value: b"leased".to_vec(), lease });
+            for batch in puts.chunks(100) {
+                assert!(client.txn(Vec::new(), batch.to_vec()).await.unwrap());
             }
-            client.put(b"/registry/events/e", b"leased", lease).await.unwrap();
-            let mut file = tokio::fs::File::create(&snapshot).await.unwrap();
-            (client.snapshot(&mut file).await.unwrap(), lease)
+            (save_snapshot(&endpoint, &snapshot).await, lease)
         });
         assert_eq!(written, std::fs::metadata(&snapshot).unwrap().len());
         assert!(written > 600_000, "{version}: {written} bytes");

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use etcd_migrate::client::v3::V3Client;
 use etcd_migrate::client::{Endpoint, TlsFiles};
 use etcd_migrate::etcd_process::{EtcdProcess, EtcdSpec};
+use etcd_migrate::verify;
 use support::*;
 
 struct Member {
@@ -58,6 +60,7 @@ impl Cluster {
     fn spec(&self, member: &Member, version: &str) -> EtcdSpec {
         EtcdSpec {
             binary: etcd(version),
+            version: version.parse().unwrap(),
             data_dir: member.data.clone(),
             name: member.name.clone(),
             listen_client_urls: member.client.clone(),
@@ -229,6 +232,19 @@ fn a_tls_cluster_is_upgraded_member_by_member_keeping_quorum_and_security() {
         assert!(Instant::now() < deadline, "the cluster never moved to 3.5: {versions:?}");
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // The migrator's v3 client speaks gRPC over the same TLS files, and is refused without them.
+    let summary = block_on(async {
+        let client = V3Client::connect(endpoint.clone()).await.unwrap();
+        verify::v3_summary(&client, "/registry/", false, None).await.unwrap()
+    });
+    assert_eq!(summary.count, 20, "every key read over gRPC with TLS");
+    let no_identity = TlsFiles { ca: Some(certs.ca.clone()), ..TlsFiles::default() };
+    let refused = block_on(async {
+        let client = V3Client::connect(Endpoint::new(&first, &no_identity).unwrap()).await?;
+        verify::v3_summary(&client, "/registry/", false, None).await
+    });
+    assert!(refused.is_err(), "a v3 client without a certificate is refused");
 }
 
 #[test]

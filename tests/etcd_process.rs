@@ -8,7 +8,6 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use etcd_migrate::client::health;
-use etcd_migrate::client::v3::{Page, V3Client};
 use etcd_migrate::etcd_process::{EtcdError, EtcdProcess, is_clean_stop};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -69,8 +68,7 @@ fn health_checks_write_nothing() {
 /// The v3 revision and the v2 store's index: any write, through either API, moves one of them.
 fn revision_and_v2_index(etcd: &TestEtcd) -> (i64, String) {
     block_on(async {
-        let client = V3Client::connect(etcd.endpoint()).await.unwrap();
-        let revision = client.range_page(b"/", &[0], Page::with_values(1), 0).await.unwrap().revision;
+        let revision = current_revision(&etcd.endpoint()).await;
         let response =
             etcd.endpoint().http().get(format!("{}/v2/keys/", etcd.client_url)).send().await.unwrap();
         let index = response.headers()["x-etcd-index"].to_str().unwrap().to_string();

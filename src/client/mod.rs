@@ -1,4 +1,5 @@
-//! HTTP clients for etcd: health, the v2 keys API and the v3 JSON gateway, over one `Endpoint`.
+//! Clients for etcd over one `Endpoint`: HTTP (reqwest) for `/health`, `/version` and the v2 keys API,
+//! which have no gRPC equivalent; gRPC (`etcd-client`) for the v3 API.
 //!
 //! TLS material comes from the same etcd flags the operator gives the hidden etcd (`ETCD_CREDS`), so a
 //! secured member is checked with its own certificate, never with security turned off.
@@ -20,6 +21,8 @@ pub enum ClientError {
     Http { url: String, message: String },
     #[error("{url}: unexpected answer: {message}")]
     Protocol { url: String, message: String },
+    #[error("{url}: {message}")]
+    Rpc { url: String, message: String },
 }
 
 /// The TLS files named by etcd flags: the CA to trust and the client identity to present.
@@ -54,17 +57,22 @@ impl TlsFiles {
     }
 }
 
-/// One etcd client URL and an HTTP client configured for it.
+pub(crate) fn read_tls_file(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|source| ClientError::TlsFile { path: path.clone(), source })
+}
+
+/// One etcd client URL, its TLS files, and an HTTP client configured for it.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     base_url: String,
+    tls: TlsFiles,
     http: reqwest::Client,
 }
 
 /// Every request has a deadline: an etcd without quorum may otherwise hold a request forever.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The deadline of a request whose answer is streamed (a snapshot, a whole v2 tree): such an answer may
+/// The deadline of a request whose answer is streamed (a whole v2 tree): such an answer may
 /// take long in total, but it must keep moving, as every read is still bounded by `STALL_TIMEOUT`.
 pub(crate) const STREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
@@ -80,30 +88,31 @@ impl Endpoint {
             .connect_timeout(Duration::from_secs(2))
             .no_proxy();
         if base_url.starts_with("https://") {
-            let read = |path: &PathBuf| {
-                std::fs::read(path).map_err(|source| ClientError::TlsFile { path: path.clone(), source })
-            };
             builder = builder.use_rustls_tls();
             if let Some(ca) = &tls.ca {
-                let ca = reqwest::Certificate::from_pem(&read(ca)?)
+                let ca = reqwest::Certificate::from_pem(&read_tls_file(ca)?)
                     .map_err(|e| ClientError::Tls(e.to_string()))?;
                 builder = builder.add_root_certificate(ca).tls_built_in_root_certs(false);
             }
             if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-                let mut pem = read(cert)?;
+                let mut pem = read_tls_file(cert)?;
                 pem.push(b'\n');
-                pem.extend(read(key)?);
+                pem.extend(read_tls_file(key)?);
                 let identity =
                     reqwest::Identity::from_pem(&pem).map_err(|e| ClientError::Tls(e.to_string()))?;
                 builder = builder.identity(identity);
             }
         }
         let http = builder.build().map_err(|e| ClientError::Tls(e.to_string()))?;
-        Ok(Endpoint { base_url: base_url.trim_end_matches('/').to_string(), http })
+        Ok(Endpoint { base_url: base_url.trim_end_matches('/').to_string(), tls: tls.clone(), http })
     }
 
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    pub fn tls(&self) -> &TlsFiles {
+        &self.tls
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -23,6 +23,7 @@ use crate::client::v2::V2Client;
 use crate::client::v3::V3Client;
 use crate::etcdctl::Etcdctl;
 use crate::journal::Journal;
+use crate::progress::{Progress, Unit};
 use crate::verify::{self, KeyDigest};
 use crate::version::{Storage, Version};
 
@@ -42,8 +43,10 @@ pub async fn run(ctx: &Context<'_>, at: Version, journal: &mut Journal) -> Resul
     let mut source = KeyDigest::new();
     let mut remaining = Collector::create(&work).map_err(io("keeping TTLs"))?;
     let mut written = Ok(());
+    let progress = Progress::start("reading the v2 data", Unit::Keys, None);
     V2Client::new(etcd.endpoint().clone())
         .for_each_leaf(&prefix, &mut |leaf| {
+            progress.add(1);
             source.add(leaf.key.as_bytes(), leaf.value.as_bytes());
             if let Some(ttl) = leaf.ttl
                 && written.is_ok()
@@ -52,12 +55,13 @@ pub async fn run(ctx: &Context<'_>, at: Version, journal: &mut Journal) -> Resul
             }
         })
         .await?;
+    drop(progress);
     written.map_err(io("keeping TTLs"))?;
     let read_at = Instant::now();
-    ctx.stop(etcd).await?;
     let source = source.finish();
     let remaining = remaining.finish().map_err(io("indexing TTLs"))?;
     info!(keys = source.count, digest = %source.digest, with_ttl = remaining.len(), "read the v2 data");
+    ctx.stop(etcd).await?;
 
     let output = Etcdctl::new(ctx.config.etcdctl_binary(at)).migrate(data_dir, MIGRATE_TIMEOUT).await?;
     info!(etcdctl = output.lines().last().unwrap_or_default(), "etcdctl migrate done");
@@ -71,8 +75,8 @@ pub async fn run(ctx: &Context<'_>, at: Version, journal: &mut Journal) -> Resul
         elapsed: read_at.elapsed(),
         cap: ctx.config.ttl_lease_duration,
     };
-    leases::attach(&v3, &directory, &policy).await?;
-    let converted = verify::v3_summary(&v3, &directory, true).await?;
+    leases::attach(&v3, &directory, &policy, source.count).await?;
+    let converted = verify::v3_summary(&v3, &directory, true, Some(source.count)).await?;
     info!(keys = converted.count, digest = %converted.digest, "read the v3 data");
     if converted != source {
         return Err(StepError::Lost { before: source, after: converted });

@@ -104,7 +104,7 @@ async fn by_snapshot(
 /// Count and digest of the whole keyspace, and the number of leases.
 async fn keyspace(etcd: &crate::etcd_process::EtcdProcess) -> Result<(Summary, usize), StepError> {
     let client = V3Client::connect(etcd.endpoint().clone()).await?;
-    let summary = verify::v3_summary(&client, "", false).await?;
+    let summary = verify::v3_summary(&client, "", false, None).await?;
     let leases = client.lease_ids().await?.len();
     Ok((summary, leases))
 }

@@ -14,7 +14,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::StepError;
-use crate::client::v3::{KeyValue, Page, V3Client};
+use crate::client::v3::{KeyValue, Read, V3Client};
+use crate::progress::{Progress, Unit};
 
 /// The shortest lease a copied key gets, in seconds.
 pub const MIN_TTL: i64 = 60;
@@ -59,8 +60,10 @@ impl Dump {
         let mut out = BufWriter::new(File::create(path).map_err(io_error(path))?);
         let mut ttls: HashMap<i64, i64> = HashMap::new();
         let read_at = Instant::now();
+        let progress = Progress::start("dumping keys", Unit::Keys, None);
         client
-            .for_each_page(start, end, Page::with_values(1000), async |kvs| {
+            .for_each_page(start, end, Read::WithValues, async |kvs| {
+                progress.add(kvs.len() as u64);
                 for kv in kvs {
                     visit(&kv)?;
                     let ttl = match kv.lease {
@@ -68,7 +71,7 @@ impl Dump {
                         lease => Some(match ttls.get(&lease) {
                             Some(&ttl) => ttl,
                             None => {
-                                let ttl = client.lease_time_to_live(lease).await?.ttl.max(1);
+                                let ttl = client.lease_ttl(lease).await?.max(1);
                                 ttls.insert(lease, ttl);
                                 ttl
                             }

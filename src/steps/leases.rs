@@ -5,10 +5,10 @@
 //! a lease (TTLs are rounded up to a granule of 1/120 of the cap, 30 s for 1 h), so a million events
 //! need at most 120 leases. Keys under the TTL directory that had no TTL get the cap, as attachlease
 //! gave them. Keys are read a page at a time without their values, and attached in transactions of up
-//! to 128 puts that keep the value (`ignore_value`), each guarded by the key's mod revision; the
-//! remaining TTLs are looked up on disk ([`RemainingTtls`]). Memory does not grow with the keyspace.
-//! etcd 3.0 and 3.1 have no `ignore_value` (3.0 refuses it, 3.1 would blank the value): there the pages
-//! carry the values and each put writes the value back unchanged.
+//! to `max_txn_ops` puts that keep the value (`ignore_value`), each guarded by the key's mod revision;
+//! etcd 3.0 and 3.1 have no `ignore_value` (over gRPC they would blank the value): there the pages carry
+//! the values and each put writes the value back unchanged. The remaining TTLs are looked up on disk
+//! ([`RemainingTtls`]). Memory does not grow with the keyspace.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,12 +18,8 @@ use tracing::info;
 use super::StepError;
 use super::in_flight::InFlight;
 use super::remaining_ttls::RemainingTtls;
-use crate::client::v3::{KeyValue, MAX_TXN_OPS, ModRevisionIs, Op, Page, V3Client, prefix_end};
-use crate::release;
-
-/// How often progress is logged.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-const PAGE_SIZE: i64 = 1024;
+use crate::client::v3::{KeyValue, ModRevisionIs, Op, Read, V3Client, max_txn_ops, prefix_end};
+use crate::progress::{Progress, Unit};
 
 /// What reattachment did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -62,21 +58,25 @@ impl LeasePolicy<'_> {
     }
 }
 
-/// Attaches every key under `prefix` that should expire to a lease.
+/// Attaches every key under `prefix` that should expire to a lease; `total` is about how many keys
+/// there are, for the progress log.
 pub async fn attach(
     client: &V3Client,
     prefix: &str,
     policy: &LeasePolicy<'_>,
+    total: u64,
 ) -> Result<Attached, StepError> {
+    let caps = client.capabilities();
+    let read = if caps.put_ignore_value { Read::KeysOnly } else { Read::WithValues };
+    let max_txn_ops = max_txn_ops(caps);
     let mut leases: HashMap<i64, i64> = HashMap::new();
     let mut in_flight = InFlight::new(client);
     let started = Instant::now();
-    let mut last_report = started;
+    let progress = Progress::start("attaching leases", Unit::Keys, Some(total));
     let start = prefix.as_bytes();
-    let keep_value = release::capabilities(client.server_version()).put_ignore_value;
-    let page = if keep_value { Page::keys_only(PAGE_SIZE) } else { Page::with_values(PAGE_SIZE) };
     client
-        .for_each_page(start, &prefix_end(start), page, async |kvs: Vec<KeyValue>| {
+        .for_each_page(start, &prefix_end(start), read, async |kvs: Vec<KeyValue>| {
+            progress.add(kvs.len() as u64);
             let (mut guards, mut ops) = (Vec::new(), Vec::new());
             for kv in kvs {
                 let key = String::from_utf8_lossy(&kv.key);
@@ -94,27 +94,22 @@ pub async fn attach(
                     }
                 };
                 guards.push(ModRevisionIs { key: kv.key.clone(), mod_revision: kv.mod_revision });
-                ops.push(if keep_value {
-                    Op::AttachLease { key: kv.key, lease }
-                } else {
-                    Op::Put { key: kv.key, value: kv.value, lease }
+                ops.push(match read {
+                    Read::KeysOnly => Op::AttachLease { key: kv.key, lease },
+                    Read::WithValues => Op::Put { key: kv.key, value: kv.value, lease },
                 });
-                if ops.len() == MAX_TXN_OPS {
+                if ops.len() == max_txn_ops {
                     in_flight.send(std::mem::take(&mut guards), std::mem::take(&mut ops)).await?;
                 }
             }
             if !ops.is_empty() {
                 in_flight.send(guards, ops).await?;
             }
-            if last_report.elapsed() >= PROGRESS_EVERY {
-                last_report = Instant::now();
-                let rate = in_flight.written() as f64 / started.elapsed().as_secs_f64();
-                info!(keys = in_flight.written(), rate = format_args!("{rate:.0}/s"), "attaching leases");
-            }
             Ok::<(), StepError>(())
         })
         .await?;
     let attached = Attached { keys: in_flight.finish().await?, leases: leases.len() as u64 };
+    drop(progress);
     let rate = attached.keys as f64 / started.elapsed().as_secs_f64().max(1e-9);
     info!(
         keys = attached.keys,

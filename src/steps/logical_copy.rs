@@ -14,7 +14,8 @@ use tracing::{info, warn};
 use super::dump::Dump;
 use super::in_flight::InFlight;
 use super::{Context, StepError};
-use crate::client::v3::{MAX_TXN_OPS, Op, V3Client};
+use crate::client::v3::{Op, V3Client, max_txn_ops};
+use crate::progress::{Progress, Unit};
 use crate::verify::{self, ContentsDigest};
 use crate::version::{EtcdState, Storage, Version};
 
@@ -44,8 +45,8 @@ pub async fn rebuild(
     let copied = work.join("copied");
     let etcd = ctx.start_healthy(to.version, Storage::Etcd3, &copied).await?;
     let client = V3Client::connect(etcd.endpoint().clone()).await?;
-    import(&client, &dump).await?;
-    let after = verify::contents(&client).await?;
+    import(&client, &dump, before.keys.count).await?;
+    let after = verify::contents(&client, Some(before.keys.count)).await?;
     ctx.stop(etcd).await?;
     if after != before {
         return Err(StepError::Failed(format!("the logical copy differs: before {before}, after {after}")));
@@ -62,8 +63,10 @@ pub async fn rebuild(
 }
 
 /// Writes the dump into `client`'s etcd: each source lease granted anew with what is left of its TTL,
-/// the keys in transactions of at most `MAX_TXN_OPS` puts and `TXN_BYTES` bytes.
-async fn import(client: &V3Client, dump: &Dump) -> Result<(), StepError> {
+/// the keys in transactions of at most `max_txn_ops` puts and `TXN_BYTES` bytes.
+async fn import(client: &V3Client, dump: &Dump, total: u64) -> Result<(), StepError> {
+    let max_txn_ops = max_txn_ops(client.capabilities());
+    let progress = Progress::start("copying keys", Unit::Keys, Some(total));
     let mut leases: HashMap<i64, i64> = HashMap::new();
     let mut txns = InFlight::new(client);
     let mut batch = Vec::new();
@@ -82,12 +85,13 @@ async fn import(client: &V3Client, dump: &Dump) -> Result<(), StepError> {
             },
         };
         let size = record.key.len() + record.value.len();
-        if !batch.is_empty() && (batch.len() == MAX_TXN_OPS || batch_bytes + size > TXN_BYTES) {
+        if !batch.is_empty() && (batch.len() == max_txn_ops || batch_bytes + size > TXN_BYTES) {
             txns.send(Vec::new(), std::mem::take(&mut batch)).await?;
             batch_bytes = 0;
         }
         batch.push(Op::Put { key: record.key, value: record.value, lease });
         batch_bytes += size;
+        progress.add(1);
     }
     if !batch.is_empty() {
         txns.send(Vec::new(), batch).await?;

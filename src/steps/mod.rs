@@ -66,6 +66,7 @@ impl Context<'_> {
         let config = self.config;
         EtcdSpec {
             binary: config.etcd_binary(version),
+            version,
             data_dir: data_dir.to_path_buf(),
             name: config.name.clone(),
             listen_client_urls: config.listen_client_urls.clone(),
@@ -97,7 +98,9 @@ impl Context<'_> {
     }
 
     pub async fn stop(&self, etcd: EtcdProcess) -> Result<(), StepError> {
+        let pid = etcd.pid();
         etcd.stop(self.config.stop_grace).await?;
+        info!(pid, "hidden etcd stopped");
         Ok(())
     }
 }

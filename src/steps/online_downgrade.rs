@@ -67,7 +67,7 @@ pub async fn run(
 
 async fn contents(etcd: &EtcdProcess) -> Result<Contents, StepError> {
     let client = V3Client::connect(etcd.endpoint().clone()).await?;
-    Ok(verify::contents(&client).await?)
+    Ok(verify::contents(&client, None).await?)
 }
 
 /// Has the running `source` member downgrade its storage to `target`, and waits until it reports it.

@@ -47,8 +47,8 @@ pub async fn open_with_fresh_snapshot(ctx: &Context<'_>, to: EtcdState) -> Resul
 async fn raft_index_once_capable(v3: &V3Client, timeout: Duration) -> Result<i64, StepError> {
     let deadline = Instant::now() + timeout;
     loop {
-        match v3.status().await {
-            Ok(status) => return Ok(status.raft_index),
+        match v3.raft_index().await {
+            Ok(index) => return Ok(index as i64),
             Err(e) if Instant::now() >= deadline || !e.to_string().contains("not capable") => {
                 return Err(e.into());
             }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use etcd_migrate::client::v3::{KeyValue, Page, V3Client};
+use etcd_migrate::client::v3::{KeyValue, Read, V3Client, connect_options};
 use etcd_migrate::client::{ClientError, Endpoint, TlsFiles, health};
 use etcd_migrate::etcd_process::{EtcdError, EtcdProcess, EtcdSpec};
 use etcd_migrate::release;
@@ -183,8 +183,10 @@ impl Drop for TestEtcd {
 /// How the fixtures run etcd `version`: member `name` at `peer_url`, a free client port, the v2 API on
 /// wherever it has one.
 pub fn etcd_spec(version: &str, data_dir: &Path, name: &str, peer_url: &str, extra: &[&str]) -> EtcdSpec {
+    let release_version = version.parse().unwrap();
     EtcdSpec {
         binary: etcd(version),
+        version: release_version,
         data_dir: data_dir.to_path_buf(),
         name: name.into(),
         listen_client_urls: format!("http://127.0.0.1:{}", free_port()),
@@ -192,7 +194,7 @@ pub fn etcd_spec(version: &str, data_dir: &Path, name: &str, peer_url: &str, ext
         initial_advertise_peer_urls: peer_url.into(),
         initial_cluster: format!("{name}={peer_url}"),
         initial_cluster_state: None,
-        enable_v2: release::capabilities(version.parse().unwrap()).enable_v2_flag,
+        enable_v2: release::capabilities(release_version).enable_v2_flag,
         extra_args: extra.iter().map(|s| s.to_string()).collect(),
     }
 }
@@ -479,13 +481,13 @@ impl TestEtcd {
         Endpoint::new(&self.client_url, &TlsFiles::default()).unwrap()
     }
 
-    /// Every v3 key with its value, lease, revisions and version, read through the gateway client.
+    /// Every v3 key with its value, lease, revisions and version, read through the v3 client.
     pub fn v3_key_values(&self) -> Vec<KeyValue> {
         block_on(async {
             let client = V3Client::connect(self.endpoint()).await.unwrap();
             let mut all = Vec::new();
             client
-                .for_each_page(b"\0", &[0], Page::with_values(1000), async |kvs| {
+                .for_each_page(b"\0", &[0], Read::WithValues, async |kvs| {
                     all.extend(kvs);
                     Ok::<(), ClientError>(())
                 })
@@ -645,4 +647,39 @@ pub fn assert_leases_match_ttls(etcd: &TestEtcd, keys: &BTreeMap<String, (String
             (expected, actual) => panic!("{key}: expected lease {expected:?}, found {actual:?}"),
         }
     }
+}
+
+/// A plain gRPC client for the calls only tests make (puts, status, members, snapshots, a lease's keys),
+/// connected the way the migrator's v3 client is.
+pub async fn grpc(endpoint: &Endpoint) -> etcd_client::Client {
+    etcd_client::Client::connect([endpoint.base_url()], Some(connect_options(endpoint).unwrap()))
+        .await
+        .unwrap()
+}
+
+/// The store's current revision.
+pub async fn current_revision(endpoint: &Endpoint) -> i64 {
+    let response = grpc(endpoint).await.get("/", None).await.unwrap();
+    response.header().unwrap().revision()
+}
+
+/// Lease `id`'s granted and remaining TTL and its keys.
+pub async fn lease_info(endpoint: &Endpoint, id: i64) -> etcd_client::LeaseTimeToLiveResponse {
+    let options = etcd_client::LeaseTimeToLiveOptions::new().with_keys();
+    grpc(endpoint).await.lease_time_to_live(id, Some(options)).await.unwrap()
+}
+
+/// Streams a snapshot of the member's backend into `path` and checks the SHA-256 etcd appends to it, as
+/// `etcdctl snapshot save` does. Returns the bytes written: the database and its trailer.
+pub async fn save_snapshot(endpoint: &Endpoint, path: &Path) -> u64 {
+    const SHA256_LEN: usize = 32;
+    let mut stream = grpc(endpoint).await.snapshot().await.unwrap();
+    let mut all = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        all.extend_from_slice(chunk.blob());
+    }
+    let (db, trailer) = all.split_at(all.len().checked_sub(SHA256_LEN).expect("a SHA-256 trailer"));
+    assert_eq!(Sha256::digest(db).as_slice(), trailer, "the snapshot matches its SHA-256 trailer");
+    fs::write(path, &all).unwrap();
+    all.len() as u64
 }
