@@ -1,17 +1,20 @@
 //! Full, verified backups of the data directory, taken before anything that cannot be undone.
 //!
 //! A backup is a directory `<data-dir-name>-backup-<version>-<storage>-<UTC time>` (mode 0700), beside
-//! the data dir or inside its volume (`policy`),
-//! holding a copy of the data dir and a manifest with a digest of every file. The copy is written to
-//! `<name>.partial`, fsynced, read back and checked against the digest of the source files, and only
-//! then renamed into place, so a backup that exists is a backup that was verified. The newest
+//! the data dir or inside its volume (`policy`), holding a copy of the data dir and a manifest with a
+//! digest of every file. The copy is written to `<name>.partial` through one buffer per file that is
+//! hashed as it is written, so the manifest's digest is that of the very bytes copied; it is fsynced,
+//! and only then renamed into place, so a backup that exists is a complete one. A restore re-reads the
+//! backup and checks it against that digest first. The newest
 //! `--backup-retention` backups are kept; the old image's defect of deleting the backup it had just made
 //! cannot happen, because retention never touches the newest.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -21,11 +24,14 @@ use crate::config::Config;
 use crate::data_dir::{self, DataDir, DataDirError, STATE_DIR, member_dir};
 use crate::durable::{self, sync_dir};
 use crate::mounts;
+use crate::progress::{Progress, Unit};
 use crate::swap;
 
 const MANIFEST: &str = "BACKUP-MANIFEST.json";
 const PARTIAL: &str = ".partial";
 const BUFFER: usize = 1 << 20;
+/// Files copied at once: one file's fsync overlaps another's copy.
+const COPIERS: usize = 2;
 
 #[derive(Debug, Clone)]
 pub struct BackupPolicy {
@@ -104,7 +110,7 @@ pub fn create(data_dir: &Path, label: &str, policy: &BackupPolicy) -> Result<Bac
         .create(&policy.backup_dir)
         .map_err(io_error(&policy.backup_dir))?;
     let staging = partial(&path);
-    let result = copy_and_verify(data_dir, &staging).and_then(|(files, bytes, digest)| {
+    let result = copy_tree(data_dir, &staging, "backing up").and_then(|(files, bytes, digest)| {
         if crate::faults::fail("backup-copy") {
             return Err(io_error(&staging)(io::Error::other("fault injected")));
         }
@@ -226,7 +232,7 @@ pub fn size_of(data_dir: &Path) -> Result<u64, BackupError> {
 pub fn restore(backup: &Path, data_dir: &DataDir) -> Result<(), BackupError> {
     verify(backup)?;
     let work = data_dir.fresh_work_dir("restore")?;
-    copy_and_verify(&backup.join("member"), &work.join("member"))?;
+    copy_tree(&backup.join("member"), &work.join("member"), "restoring the backup")?;
     let (data_dir, live) = (data_dir.path(), member_dir(data_dir.path()));
     if live.exists() {
         swap::swap_member(data_dir, &work).map_err(io_error(data_dir))?;
@@ -306,38 +312,52 @@ impl TreeDigest {
     }
 }
 
-/// Copies `source` to `target` (which must not exist) and fsyncs it, then hashes each file's source and
-/// copy and compares them. Returns (files, bytes, digest).
-fn copy_and_verify(source: &Path, target: &Path) -> Result<(u64, u64, String), BackupError> {
+/// Copies `source` to `target` (which must not exist) and fsyncs it, files `COPIERS` at a time, logging
+/// progress as `what`. Returns (files, bytes, digest) of what was copied.
+fn copy_tree(source: &Path, target: &Path, what: &'static str) -> Result<(u64, u64, String), BackupError> {
     let mut entries = Vec::new();
     walk(source, source, &mut entries)?;
     fs::DirBuilder::new().mode(0o700).create(target).map_err(io_error(target))?;
-    let mut tree = TreeDigest::default();
     let mut dirs = vec![target.to_path_buf()];
-    for entry in &entries {
-        let from = source.join(&entry.relative);
+    for entry in entries.iter().filter(|e| e.kind == Kind::Dir) {
         let to = target.join(&entry.relative);
+        fs::DirBuilder::new().mode(entry.mode & 0o7777).create(&to).map_err(io_error(&to))?;
+        dirs.push(to);
+    }
+    let progress = Progress::start(what, Unit::Bytes, Some(entries.iter().map(|e| e.size).sum()));
+    let next = AtomicUsize::new(0);
+    let hashes: Vec<Mutex<Option<Vec<u8>>>> = entries.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        let copiers: Vec<_> = (0..COPIERS)
+            .map(|_| {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(entry) = entries.get(i) else { return Ok::<(), BackupError>(()) };
+                        if entry.kind == Kind::File {
+                            let (from, to) = (source.join(&entry.relative), target.join(&entry.relative));
+                            let hash = copy_file(&from, &to, entry, &progress)?;
+                            *hashes[i].lock().expect("no copier panics") = Some(hash);
+                        }
+                    }
+                })
+            })
+            .collect();
+        copiers.into_iter().try_for_each(|copier| copier.join().expect("no copier panics"))
+    })?;
+    let mut tree = TreeDigest::default();
+    for (entry, hash) in entries.iter().zip(hashes) {
         match entry.kind {
-            Kind::Dir => {
-                fs::DirBuilder::new().mode(entry.mode & 0o7777).create(&to).map_err(io_error(&to))?;
-                tree.add_dir(&entry.relative);
-                dirs.push(to);
-            }
+            Kind::Dir => tree.add_dir(&entry.relative),
             Kind::Symlink => {
+                let (from, to) = (source.join(&entry.relative), target.join(&entry.relative));
                 let link = fs::read_link(&from).map_err(io_error(&from))?;
                 std::os::unix::fs::symlink(&link, &to).map_err(io_error(&to))?;
                 tree.add_symlink(&entry.relative, &link);
             }
             Kind::File => {
-                let (size, hash) = copy_file(&from, &to, entry.mode)?;
-                let (copied_size, copied_hash) = hash_file(&to)?;
-                if (copied_size, &copied_hash) != (size, &hash) {
-                    return Err(BackupError::Mismatch {
-                        path: to,
-                        what: format!("{copied_size} bytes read back of {size}"),
-                    });
-                }
-                tree.add_file(&entry.relative, size, &hash);
+                let hash = hash.into_inner().expect("no copier panics").expect("every file copied");
+                tree.add_file(&entry.relative, entry.size, &hash);
             }
         }
     }
@@ -347,19 +367,44 @@ fn copy_and_verify(source: &Path, target: &Path) -> Result<(u64, u64, String), B
     Ok(tree.finish())
 }
 
-/// Copies one file in the kernel (`copy_file_range`, a reflink where the file system can), fsyncs the
-/// copy, and returns the source's size and hash. Nothing writes the data dir meanwhile: we hold its lock
-/// and no etcd runs on it.
-fn copy_file(from: &Path, to: &Path, mode: u32) -> Result<(u64, Vec<u8>), BackupError> {
-    let mut input = File::open(from).map_err(io_error(from))?;
-    let mut output =
-        OpenOptions::new().write(true).create_new(true).mode(mode & 0o7777).open(to).map_err(io_error(to))?;
-    io::copy(&mut input, &mut output).map_err(io_error(to))?;
+/// Copies one file through a buffer, hashing each block from the buffer it is written from, and fsyncs
+/// the copy; returns the hash. Nothing writes the data dir meanwhile: we hold its lock and no etcd runs
+/// on it, so a file whose size changed is an error, not a race to paper over.
+fn copy_file(from: &Path, to: &Path, entry: &Entry, progress: &Progress) -> Result<Vec<u8>, BackupError> {
+    let mut output = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(entry.mode & 0o7777)
+        .open(to)
+        .map_err(io_error(to))?;
+    let (size, hash) = hash_blocks(from, |block| {
+        output.write_all(block).map_err(io_error(to))?;
+        progress.add(block.len() as u64);
+        Ok(())
+    })?;
+    if size != entry.size {
+        return Err(BackupError::Mismatch {
+            path: to.to_path_buf(),
+            what: format!(
+                "{} changed size while it was copied ({} bytes, then {size})",
+                from.display(),
+                entry.size
+            ),
+        });
+    }
     output.sync_all().map_err(io_error(to))?;
-    hash_file(from)
+    Ok(hash)
 }
 
 fn hash_file(path: &Path) -> Result<(u64, Vec<u8>), BackupError> {
+    hash_blocks(path, |_| Ok(()))
+}
+
+/// Reads `path` block by block, handing each block to `each` after hashing it; returns the size and hash.
+fn hash_blocks(
+    path: &Path,
+    mut each: impl FnMut(&[u8]) -> Result<(), BackupError>,
+) -> Result<(u64, Vec<u8>), BackupError> {
     let mut input = File::open(path).map_err(io_error(path))?;
     let mut hasher = Xxh3::new();
     let mut buffer = vec![0u8; BUFFER];
@@ -370,6 +415,7 @@ fn hash_file(path: &Path) -> Result<(u64, Vec<u8>), BackupError> {
             return Ok((size, hasher.digest128().to_le_bytes().to_vec()));
         }
         hasher.update(&buffer[..n]);
+        each(&buffer[..n])?;
         size += n as u64;
     }
 }
