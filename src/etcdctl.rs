@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use crate::client::TlsFiles;
+use crate::progress::Progress;
 use crate::version::Minor;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,17 @@ impl Etcdctl {
     /// Runs `etcdctl args…`, returning its stdout. At `timeout` it is killed and reaped before this
     /// returns, so nothing it does can outlast the call.
     pub async fn run(&self, args: &[String], timeout: Duration) -> Result<String, EtcdctlError> {
+        self.run_watched(args, timeout, None).await
+    }
+
+    /// [`Etcdctl::run`], with the bytes etcdctl has read so far (`rchar` of `/proc/<pid>/io`) kept in
+    /// `progress` if given.
+    async fn run_watched(
+        &self,
+        args: &[String],
+        timeout: Duration,
+        progress: Option<&Progress>,
+    ) -> Result<String, EtcdctlError> {
         let mut command = Command::new(&self.binary);
         command
             .args(args)
@@ -82,9 +94,25 @@ impl Etcdctl {
         let spawn_error = |source| EtcdctlError::Spawn { binary: self.binary.clone(), source };
         let mut child = command.spawn().map_err(spawn_error)?;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let io = child.id().map(|pid| PathBuf::from(format!("/proc/{pid}/io")));
+        let watch = async {
+            let (Some(progress), Some(io)) = (progress, io) else { return std::future::pending().await };
+            loop {
+                tokio::time::sleep(WATCH_EVERY).await;
+                if let Some(read) = read_chars(&io) {
+                    progress.set(read);
+                }
+            }
+        };
         let finished = tokio::time::timeout(timeout, async {
-            let (stdout, stderr, status) = tokio::join!(read_all(stdout), read_all(stderr), child.wait());
-            Ok::<_, std::io::Error>((stdout?, stderr?, status?))
+            let ran = async {
+                let (stdout, stderr, status) = tokio::join!(read_all(stdout), read_all(stderr), child.wait());
+                Ok::<_, std::io::Error>((stdout?, stderr?, status?))
+            };
+            tokio::select! {
+                ran = ran => ran,
+                never = watch => never,
+            }
         })
         .await;
         let shown = args.join(" ");
@@ -103,8 +131,15 @@ impl Etcdctl {
     }
 
     /// `etcdctl migrate`: copies the v2 store of a stopped member into its v3 store (TTLs are dropped).
-    pub async fn migrate(&self, data_dir: &Path, timeout: Duration) -> Result<String, EtcdctlError> {
-        self.run(&["migrate".into(), "--data-dir".into(), data_dir.display().to_string()], timeout).await
+    /// `progress` follows the bytes it reads (the WAL and snapshots, then the new backend).
+    pub async fn migrate(
+        &self,
+        data_dir: &Path,
+        timeout: Duration,
+        progress: &Progress,
+    ) -> Result<String, EtcdctlError> {
+        let args = ["migrate".into(), "--data-dir".into(), data_dir.display().to_string()];
+        self.run_watched(&args, timeout, Some(progress)).await
     }
 
     /// `etcdctl snapshot save` from a running member.
@@ -193,6 +228,15 @@ fn client_args(endpoint: &str, tls: &TlsFiles) -> Vec<String> {
         }
     }
     args
+}
+
+/// How often a watched etcdctl's reads are sampled.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// `rchar` (bytes read, cache or not) of a process, from its `/proc/<pid>/io`.
+fn read_chars(io: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(io).ok()?;
+    text.lines().find_map(|line| line.strip_prefix("rchar:")).and_then(|n| n.trim().parse().ok())
 }
 
 async fn read_all(stream: Option<impl AsyncRead + Unpin>) -> std::io::Result<Vec<u8>> {

@@ -43,6 +43,11 @@ impl Progress {
     pub fn add(&self, n: u64) {
         self.done.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// For work measured from outside (another process's reads).
+    pub fn set(&self, done: u64) {
+        self.done.store(done, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Progress {

@@ -63,7 +63,11 @@ pub async fn run(ctx: &Context<'_>, at: Version, journal: &mut Journal) -> Resul
     info!(keys = source.count, digest = %source.digest, with_ttl = remaining.len(), "read the v2 data");
     ctx.stop(etcd).await?;
 
-    let output = Etcdctl::new(ctx.config.etcdctl_binary(at)).migrate(data_dir, MIGRATE_TIMEOUT).await?;
+    let progress =
+        Progress::start("etcdctl migrate (bytes read)", Unit::Bytes, Some(backup::size_of(data_dir)?));
+    let output =
+        Etcdctl::new(ctx.config.etcdctl_binary(at)).migrate(data_dir, MIGRATE_TIMEOUT, &progress).await?;
+    drop(progress);
     info!(etcdctl = output.lines().last().unwrap_or_default(), "etcdctl migrate done");
 
     let etcd = ctx.start_healthy(at, Storage::Etcd2, data_dir).await?;
