@@ -18,7 +18,8 @@ pub enum Role {
     /// `migrate`, `migrate-if-needed.sh`: migrate and exit with the result, leaving the exec to the
     /// manifest's own command, as Kubernetes' script and its Go `migrate` did.
     Migrate,
-    /// `etcdctl`: the newest bundled etcdctl.
+    /// `etcdctl`: the etcdctl Kubernetes' image had at that path: `TARGET_VERSION`'s when its script
+    /// would have copied it there (`DO_NOT_MOVE_BINARIES` not `true`), else the newest bundled one.
     Etcdctl,
     /// Any other name: the migrator's command line.
     Migrator,
@@ -61,8 +62,11 @@ pub fn action(
             Ok(Action::Migrate { args: migrator, verbatim: false })
         }
         Role::Etcdctl => {
-            let newest = newest_bundled(env, bin_dir)?;
-            Ok(Action::Exec { binary: bin_dir.join(format!("etcdctl-{newest}")), args: args.to_vec() })
+            let version = match moved_target(env, bin_dir) {
+                Some(target) => target,
+                None => newest_bundled(env, bin_dir)?,
+            };
+            Ok(Action::Exec { binary: bin_dir.join(format!("etcdctl-{version}")), args: args.to_vec() })
         }
         Role::Etcd => {
             let flags = EtcdFlags::read(args, env);
@@ -95,6 +99,16 @@ pub fn action(
             Ok(Action::Migrate { args: migrator, verbatim: true })
         }
     }
+}
+
+/// `TARGET_VERSION`, when Kubernetes' script would have copied `etcdctl-<TARGET_VERSION>` over `etcdctl`
+/// (it did unless `DO_NOT_MOVE_BINARIES=true`) and that release is bundled.
+fn moved_target(env: &HashMap<String, String>, bin_dir: &Path) -> Option<Version> {
+    if env.get("DO_NOT_MOVE_BINARIES").is_some_and(|v| v == "true") {
+        return None;
+    }
+    let target: Version = env.get("TARGET_VERSION")?.parse().ok()?;
+    bin_dir.join(format!("etcdctl-{target}")).exists().then_some(target)
 }
 
 /// The newest of `BUNDLED_VERSIONS`, else of the `etcd-X.Y.Z` in the bin dir.
@@ -165,15 +179,22 @@ mod tests {
     }
 
     #[test]
-    fn etcdctl_is_the_newest_bundled_one() {
+    fn etcdctl_is_the_one_kubernetes_image_had_at_that_path() {
         let temp = bin_dir();
         let dir = temp.path();
         let args = strings(&["endpoint", "health"]);
-        let chosen = action(Role::Etcdctl, &args, &env(&[]), dir).unwrap();
-        assert_eq!(chosen, Action::Exec { binary: dir.join("etcdctl-3.5.16"), args: args.clone() });
-        let pinned = env(&[("BUNDLED_VERSIONS", "3.4.23")]);
-        let chosen = action(Role::Etcdctl, &args, &pinned, dir).unwrap();
-        assert_eq!(chosen, Action::Exec { binary: dir.join("etcdctl-3.4.23"), args });
+        for (vars, runs) in [
+            (&[][..], "3.5.16"),
+            (&[("BUNDLED_VERSIONS", "3.4.23")][..], "3.4.23"),
+            (&[("TARGET_VERSION", "3.4.23")][..], "3.4.23"),
+            (&[("TARGET_VERSION", "3.4.23"), ("DO_NOT_MOVE_BINARIES", "true")][..], "3.5.16"),
+            (&[("TARGET_VERSION", "3.4.23"), ("DO_NOT_MOVE_BINARIES", "false")][..], "3.4.23"),
+            (&[("TARGET_VERSION", "3.4.9")][..], "3.5.16"),
+        ] {
+            let chosen = action(Role::Etcdctl, &args, &env(vars), dir).unwrap();
+            let binary = dir.join(format!("etcdctl-{runs}"));
+            assert_eq!(chosen, Action::Exec { binary, args: args.clone() }, "{vars:?}");
+        }
     }
 
     #[test]
