@@ -301,6 +301,13 @@ fn gces_etcd_manifest_runs_the_image_unchanged_and_upgrades_3_4_data_to_3_5() {
     for line in ["in-place done", "not starting etcd", "starting etcd", "serving client traffic"] {
         assert!(logged.contains(line), "/var/log/etcd.log has {line:?}:\n{logged}");
     }
+    // The data dir's parent is the mounted volume: the backup of the 3.4 member is beside the data dir.
+    let backups: Vec<String> = std::fs::read_dir(&var)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("data-backup-3.4.23-etcd3-"))
+        .collect();
+    assert_eq!(backups.len(), 1, "one backup on the /var/etcd volume: {backups:?}");
     let probe = docker(&["exec", &name, "/bin/sh", "-c", &template(GCE_LIVENESS, &values)]);
     let said = String::from_utf8_lossy(&probe.stdout).into_owned() + &String::from_utf8_lossy(&probe.stderr);
     assert!(probe.status.success() && said.contains("is healthy"), "the liveness probe passes: {said}");
