@@ -401,6 +401,9 @@ fn kubeadms_static_pod_runs_the_image_unchanged_on_unversioned_3_4_data() {
     let backup_name = backup.file_name().unwrap().to_string_lossy().into_owned();
     assert!(backup_name.starts_with("etcd-backup-3.4.0-etcd3-"), "{backup_name}");
     assert!(backup.join("member/snap/db").is_file() && backup.join("BACKUP-MANIFEST.json").is_file());
+    let layer = docker(&["diff", &name]);
+    let layer = String::from_utf8_lossy(&layer.stdout);
+    assert!(!layer.contains("backup"), "nothing of a backup in the container's writable layer: {layer}");
     let status = docker(&[
         "run",
         "--rm",
