@@ -7,12 +7,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_migrate::client::v2::V2Client;
+use etcd_migrate::etcd_process::ensure_port_free;
 use support::*;
 
 const KILLS: u32 = 20;
@@ -32,16 +32,21 @@ fn processes_using(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Waits (bounded) until no process works on `dir`; the hidden etcd must not outlive the migrator. A
-/// process dying of its parent-death signal already shows an empty command line while its sockets are
-/// still closing, so a short settle follows before the rerun's preflight checks the ports.
-fn assert_no_process_left(dir: &Path) {
+/// Waits (bounded) until no process works on `data` and the member's peer port is free again, as the
+/// rerun's preflight requires: the hidden etcd must not outlive the migrator. A process dying of its
+/// parent-death signal already shows an empty command line while its sockets are still closing, hence
+/// the port.
+fn assert_stopped(data: &Path, peer: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !processes_using(dir).is_empty() {
-        assert!(Instant::now() < deadline, "processes outlived the migrator: {:?}", processes_using(dir));
+    while !processes_using(data).is_empty() || ensure_port_free(peer).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the hidden etcd outlived the migrator: {:?}\n{}",
+            processes_using(data),
+            listening_sockets()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(300));
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -80,8 +85,10 @@ impl Scenario {
         found.len()
     }
 
-    /// Kills a run at `after`, reruns it to completion, checks the result.
-    fn kill_and_recover(&self, after: Duration, index: u32) -> usize {
+    /// Kills a run `after` its start, reruns it to completion, checks the result. Where the kill lands is
+    /// chance (fault injection by time), so the outcome is checked for both: a run killed anywhere, and a
+    /// run that had already finished. Returns the keys checked and whether the run was killed.
+    fn kill_and_recover(&self, after: Duration, index: u32) -> (usize, bool) {
         let work = TempDir::new(&format!("{}-kill-{index}", self.name));
         let data = work.join("data");
         copy_tree(&self.template.join("data"), &data);
@@ -89,9 +96,19 @@ impl Scenario {
         migrator.command.stderr(Stdio::null());
         let mut child = migrator.command.spawn().unwrap();
         std::thread::sleep(after);
-        let _ = child.kill();
-        child.wait().unwrap();
-        assert_no_process_left(&data);
+        let killed = match child.try_wait().unwrap() {
+            Some(status) => {
+                assert!(status.success(), "{} run {index} ended on its own, failing: {status}", self.name);
+                assert_eq!(version_txt(&data), format!("{}/etcd3", self.final_version));
+                false
+            }
+            None => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                true
+            }
+        };
+        assert_stopped(&data, &self.peer);
         let said = version_txt(&data);
         assert!(
             said.parse::<etcd_migrate::version::EtcdState>().is_ok(),
@@ -105,7 +122,7 @@ impl Scenario {
             stderr(&output),
             listening_sockets()
         );
-        self.check(&data)
+        (self.check(&data), killed)
     }
 }
 
@@ -168,15 +185,19 @@ fn run_fault_injection(scenario: Scenario) {
     assert!(output.status.success(), "{}", stderr(&output));
     scenario.check(&data);
 
-    let mut keys_checked = 0;
+    let (mut keys_checked, mut killed) = (0, 0);
     for i in 1..=KILLS {
         let after = duration * i / (KILLS + 1);
-        keys_checked += scenario.kill_and_recover(after, i);
+        let (keys, was_killed) = scenario.kill_and_recover(after, i);
+        keys_checked += keys;
+        killed += u32::from(was_killed);
     }
     println!(
-        "fault injection {}: run {:.1}s, kills {KILLS}, recoveries {KILLS}, keys checked {keys_checked}, keys lost 0",
+        "fault injection {}: run {:.1}s, runs {KILLS}, killed mid-run {killed}, finished first {}, \
+         recoveries {KILLS}, keys checked {keys_checked}, keys lost 0",
         scenario.name,
-        duration.as_secs_f64()
+        duration.as_secs_f64(),
+        KILLS - killed
     );
 }
 
@@ -190,18 +211,18 @@ fn sigkill_anywhere_in_a_two_step_downgrade_loses_nothing() {
     run_fault_injection(downgrade_scenario());
 }
 
-/// Kills the run while it is paused at a fault-injection point, then reruns it.
+/// Kills the run while it is paused at a fault-injection point.
 fn kill_at_pause(point: &str) -> (Scenario, TempDir) {
     let scenario = etcd2_scenario();
     let work = TempDir::new(&format!("pause-{point}"));
     let data = work.join("data");
     copy_tree(&scenario.template.join("data"), &data);
-    let migrator = scenario.migrator(&data).env("ETCD_MIGRATE_TEST_PAUSE", point);
-    assert!(
-        migrator.kill_when_logged("paused for a fault-injection test"),
-        "the run reached the {point} pause"
-    );
-    assert_no_process_left(&data);
+    let mut migrator = scenario.migrator(&data);
+    migrator.command.stderr(Stdio::null());
+    let mut child = Pause::at(point).spawn_paused(migrator);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_stopped(&data, &scenario.peer);
     (scenario, work)
 }
 
@@ -244,22 +265,16 @@ fn sigterm_mid_step_stops_the_hidden_etcd_and_exits_non_zero() {
     make_etcd3_data("3.3.25", &data, &peer, &keys);
     let mut migrator = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]);
     migrator.command.stderr(Stdio::piped());
-    let mut child = migrator.command.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("in-place starting step=2") {
-            break;
-        }
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    // Paused in step 2 (3.4 to 3.5) with its hidden etcd up and healthy on the data.
+    let child = Pause::at("etcd-3.5.16-healthy").spawn_paused(migrator);
+    assert!(!processes_using(&data).is_empty(), "the hidden etcd runs on the data");
     let sent = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
         .unwrap();
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = child.wait().unwrap();
+    let output = child.wait_with_output().unwrap();
     assert!(sent.elapsed() < Duration::from_secs(30), "exits within kubelet's grace period");
-    assert_eq!(status.code(), Some(1), "{rest:?}");
-    assert!(rest.iter().any(|l| l.contains("interrupted by SIGTERM")), "{rest:?}");
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("interrupted by SIGTERM"), "{}", stderr(&output));
     assert!(processes_using(&data).is_empty(), "the hidden etcd was stopped before exiting");
     assert_eq!(version_txt(&data), "3.4.23/etcd3", "the last completed step");
     let output = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]).run();
@@ -341,24 +356,24 @@ fn a_corrupt_wal_fails_the_step_with_etcds_last_lines() {
     assert!(message.contains("exited with") && message.contains("last lines"), "{message}");
     assert_eq!(version_txt(&data), "3.4.23/etcd3");
     assert!(message.contains("backup at"), "the error names the backup: {message}");
-    assert_no_process_left(&data);
+    assert_stopped(&data, &peer);
 }
 
-/// A small tmpfs the test mounts itself (root only); `None`, with the reason printed, where it cannot.
+/// A small tmpfs the test mounts itself (root only); `None` where it cannot (see [`cannot_run`]).
 struct Tmpfs(TempDir);
 
 impl Tmpfs {
     fn mount(size: &str) -> Option<Tmpfs> {
         let dir = TempDir::new("tmpfs");
-        let status = Command::new("mount")
+        let output = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir.path())
-            .stderr(Stdio::null())
-            .status();
-        match status {
-            Ok(status) if status.success() => Some(Tmpfs(dir)),
-            _ => {
-                println!("SKIPPED: cannot mount a tmpfs here (needs root and mount rights)");
+            .output();
+        match output {
+            Ok(output) if output.status.success() => Some(Tmpfs(dir)),
+            failed => {
+                let why = failed.map_or_else(|e| e.to_string(), |o| stderr(&o));
+                cannot_run(&format!("cannot mount a tmpfs (needs root and mount rights): {}", why.trim()));
                 None
             }
         }
@@ -373,33 +388,50 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_full_disk_fails_the_step_and_keeps_the_truth_and_the_backup() {
-    let Some(tmpfs) = Tmpfs::mount("120m") else { return };
+    let Some(tmpfs) = Tmpfs::mount("300m") else { return };
     let data = tmpfs.0.join("data");
     let backups = TempDir::new("full-backups");
     let peer = format!("http://localhost:{}", free_port());
-    make_etcd3_data("3.4.23", &data, &peer, &sample_keys());
-    // Leave almost nothing free on the data dir's file system.
-    let _ = Command::new("dd")
-        .arg("if=/dev/zero")
-        .arg(format!("of={}", tmpfs.0.join("filler").display()))
-        .args(["bs=1M", "count=200"])
-        .stderr(Stdio::null())
-        .status();
-    let output = Migrator::new(&data, &peer)
-        .args(&[
+    let keys = sample_keys();
+    make_etcd3_data("3.5.16", &data, &peer, &keys);
+    let migrator = || {
+        Migrator::new(&data, &peer).args(&[
             "--target-version",
-            "3.5.16",
+            "3.4.23",
+            "--downgrade-method",
+            "snapshot",
             "--migrate-only",
             "--backup-dir",
             backups.path().to_str().unwrap(),
         ])
-        .run();
-    assert!(!output.status.success(), "{}", stderr(&output));
-    assert_eq!(version_txt(&data), "3.4.23/etcd3", "version.txt unchanged");
-    for entry in fs::read_dir(backups.path()).unwrap().flatten() {
-        etcd_migrate::backup::verify(&entry.path()).expect("every backup left is intact");
-    }
-    assert_no_process_left(&data);
+    };
+    let mut paused = migrator();
+    paused.command.stderr(Stdio::piped());
+    let pause = Pause::at("etcd-3.5.30-healthy");
+    let child = pause.spawn_paused(paused);
+    // The data dir's file system fills up mid-step: the backup is made and the downgrade's source etcd, the newest 3.5, is up on the data, but
+    // the snapshot the step takes into the data dir's work area is not.
+    let filler = tmpfs.0.join("filler");
+    let fill =
+        Command::new("dd").arg("if=/dev/zero").arg(format!("of={}", filler.display())).arg("bs=1M").output();
+    assert!(stderr(&fill.unwrap()).contains("No space left"), "the disk is full");
+    pause.release();
+    let output = child.wait_with_output().unwrap();
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(message.to_lowercase().contains("no space left"), "{message}");
+    assert_stopped(&data, &peer);
+    assert_eq!(version_txt(&data), "3.5.16/etcd3", "version.txt unchanged");
+    let made: Vec<PathBuf> = fs::read_dir(backups.path()).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(made.len(), 1, "one backup, before the step: {made:?}");
+    etcd_migrate::backup::verify(&made[0]).expect("the backup is intact");
+
+    fs::remove_file(&filler).unwrap();
+    let output = migrator().run();
+    assert!(output.status.success(), "once there is space the rerun completes: {}", stderr(&output));
+    assert_eq!(version_txt(&data), "3.4.23/etcd3");
+    let etcd = TestEtcd::start_with("3.4.23", &data, "m", &peer, &[]);
+    assert_eq!(etcd.all_keys(), keys);
 }
 
 #[test]

@@ -30,20 +30,20 @@ fn engine_answers() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// The image, staged and built on first use; `None` (after saying so) where no engine answers, a
-/// failure under `CI`.
+/// The image, staged and built on first use; `None` (see [`cannot_run`]) where no engine answers.
 fn image() -> Option<&'static str> {
     static BUILT: OnceLock<bool> = OnceLock::new();
     let built = *BUILT.get_or_init(|| {
         if !engine_answers() {
-            assert!(std::env::var_os("CI").is_none(), "CI is set and no Docker engine answers");
-            println!("SKIPPED: no Docker engine answers here");
             return false;
         }
         let dir = TempDir::new("image");
         stage_and_build(&dir.join("stage"));
         true
     });
+    if !built {
+        cannot_run("no Docker engine answers here");
+    }
     built.then_some(IMAGE)
 }
 

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::data_dir::{DataDir, DataDirError};
 use crate::etcd_process::{EtcdError, EtcdProcess, EtcdSpec};
 use crate::etcdctl::EtcdctlError;
+use crate::faults;
 use crate::journal::{self, Journal, JournalError};
 use crate::plan::Step;
 use crate::release;
@@ -94,6 +95,8 @@ impl Context<'_> {
         let mut etcd = EtcdProcess::start(spec).await?;
         etcd.wait_healthy(self.config.health_timeout).await?;
         info!(binary = %etcd.spec().binary.display(), pid = etcd.pid(), "hidden etcd is healthy");
+        let binary = etcd.spec().binary.file_name().unwrap_or_default().to_string_lossy();
+        faults::pause_async(&format!("{binary}-healthy")).await;
         Ok(etcd)
     }
 

@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write as _;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -280,7 +281,6 @@ pub fn sample_keys() -> BTreeMap<String, Vec<u8>> {
 
 /// Writes `keys` through the v3 API, values through stdin (a 1 MiB value is too long for an argument).
 pub fn put_all(etcd: &TestEtcd, keys: &BTreeMap<String, Vec<u8>>) {
-    use std::io::Write;
     for (key, value) in keys {
         if value.is_empty() {
             etcd.etcdctl(&["put", "--", key, ""]);
@@ -386,8 +386,6 @@ impl Migrator {
 }
 
 impl Migrator {
-    /// Runs the migrator as the pod would: it migrates, then execs etcd as member `m` serving `client`.
-    /// The child is killed (with the etcd it became) when the returned guard drops.
     /// Runs the migrator and SIGKILLs it as soon as it logs a line containing `marker`; returns whether
     /// it did (false: the run ended without logging it). Returns once the hidden etcds it logged have
     /// died of their parent-death signal too, as a pod's processes are gone before it restarts.
@@ -418,6 +416,8 @@ impl Migrator {
         killed
     }
 
+    /// Runs the migrator as the pod would: it migrates, then execs etcd as member `m` serving `client`.
+    /// The child is killed (with the etcd it became) when the returned guard drops.
     pub fn exec_etcd(self, client: &str, peer_url: &str) -> KillOnDrop {
         let mut migrator = self.args(&["--"]).args(&[
             "--name",
@@ -496,6 +496,53 @@ impl TestEtcd {
             all
         })
     }
+}
+
+/// A fault point the migrator (a debug build: `src/faults.rs`) blocks at until the test releases it, so
+/// the test, not timing, decides what happens there.
+pub struct Pause {
+    dir: TempDir,
+    point: String,
+}
+
+impl Pause {
+    pub fn at(point: &str) -> Pause {
+        Pause { dir: TempDir::new("handshake"), point: point.into() }
+    }
+
+    /// Starts `migrator`, told to pause here, and waits until it is paused; fails if it ends first.
+    pub fn spawn_paused(&self, migrator: Migrator) -> Child {
+        let mut migrator = migrator
+            .env("ETCD_MIGRATE_TEST_PAUSE", &self.point)
+            .env("ETCD_MIGRATE_TEST_HANDSHAKE", self.dir.path().to_str().unwrap());
+        let mut child = migrator.command.spawn().unwrap();
+        let reached = self.dir.join(&format!("{}.reached", self.point));
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while !reached.exists() {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut said = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    std::io::Read::read_to_string(&mut pipe, &mut said).unwrap();
+                }
+                panic!("the migrator ended ({status}) without reaching {}: {said}", self.point);
+            }
+            assert!(Instant::now() < deadline, "the migrator never reached {}", self.point);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child
+    }
+
+    pub fn release(&self) {
+        fs::write(self.dir.join(&format!("{}.release", self.point)), b"").unwrap();
+    }
+}
+
+/// For a test that cannot reach its subject (`why`): under CI (`CI` set) it fails, since there everything
+/// must run; elsewhere it says so on stderr, past the test harness's capture, and the caller returns.
+pub fn cannot_run(why: &str) {
+    let test = std::thread::current().name().unwrap_or("a test").to_string();
+    assert!(std::env::var_os("CI").is_none_or(|ci| ci.is_empty()), "{test} cannot run under CI: {why}");
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
 /// Whether process `pid` is gone, reaped and all (a zombie still has its `/proc` entry).
