@@ -219,7 +219,8 @@ fn kill_at_pause(point: &str) -> (Scenario, TempDir) {
     copy_tree(&scenario.template.join("data"), &data);
     let mut migrator = scenario.migrator(&data);
     migrator.command.stderr(Stdio::null());
-    let mut child = Pause::at(point).spawn_paused(migrator);
+    let pause = Pause::at(point);
+    let mut child = pause.spawn_paused(migrator);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_stopped(&data, &scenario.peer);
@@ -266,7 +267,8 @@ fn sigterm_mid_step_stops_the_hidden_etcd_and_exits_non_zero() {
     let mut migrator = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]);
     migrator.command.stderr(Stdio::piped());
     // Paused in step 2 (3.4 to 3.5) with its hidden etcd up and healthy on the data.
-    let child = Pause::at("etcd-3.5.16-healthy").spawn_paused(migrator);
+    let pause = Pause::at("etcd-3.5.16-healthy");
+    let child = pause.spawn_paused(migrator);
     assert!(!processes_using(&data).is_empty(), "the hidden etcd runs on the data");
     let sent = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)

@@ -510,12 +510,16 @@ impl Pause {
         Pause { dir: TempDir::new("handshake"), point: point.into() }
     }
 
+    /// `migrator`, told to pause here.
+    pub fn apply(&self, migrator: Migrator) -> Migrator {
+        migrator
+            .env("ETCD_MIGRATE_TEST_PAUSE", &self.point)
+            .env("ETCD_MIGRATE_TEST_HANDSHAKE", self.dir.path().to_str().unwrap())
+    }
+
     /// Starts `migrator`, told to pause here, and waits until it is paused; fails if it ends first.
     pub fn spawn_paused(&self, migrator: Migrator) -> Child {
-        let mut migrator = migrator
-            .env("ETCD_MIGRATE_TEST_PAUSE", &self.point)
-            .env("ETCD_MIGRATE_TEST_HANDSHAKE", self.dir.path().to_str().unwrap());
-        let mut child = migrator.command.spawn().unwrap();
+        let mut child = self.apply(migrator).command.spawn().unwrap();
         let reached = self.dir.join(&format!("{}.reached", self.point));
         let deadline = Instant::now() + Duration::from_secs(180);
         while !reached.exists() {
