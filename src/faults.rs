@@ -1,7 +1,7 @@
 //! Faults for fault-injection tests. Pauses at the points where a crash is hardest to get right (mid
-//! version-file write, mid backup, mid step with the hidden etcd up), where the test kills, signals or
-//! starves the migrator; failures of paths that have a fallback but that the bundled releases never fail
-//! (a snapshot restore). Debug builds only: in a release build `pause` returns at once and `fail` is false.
+//! version-file write, mid backup, each hidden etcd up, between the phases of a step), where the test
+//! kills, signals or starves the migrator; failures of paths that have a fallback but that the bundled
+//! releases never fail (a snapshot restore). Debug builds only: in a release build `pause` returns at once and `fail` is false.
 
 use std::path::PathBuf;
 use std::time::Duration;

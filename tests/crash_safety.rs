@@ -217,12 +217,7 @@ fn kill_at_pause(point: &str) -> (Scenario, TempDir) {
     let work = TempDir::new(&format!("pause-{point}"));
     let data = work.join("data");
     copy_tree(&scenario.template.join("data"), &data);
-    let mut migrator = scenario.migrator(&data);
-    migrator.command.stderr(Stdio::null());
-    let pause = Pause::at(point);
-    let mut child = pause.spawn_paused(migrator);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    assert!(Pause::at(point).kill_there(scenario.migrator(&data)), "the run reached {point}");
     assert_stopped(&data, &scenario.peer);
     (scenario, work)
 }

@@ -108,7 +108,7 @@ fn a_run_killed_right_after_etcdctl_migrate_recovers_from_the_backup() {
     write_etcd2_data(&data, &peer, &keys);
 
     let migrator = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]);
-    assert!(migrator.kill_when_logged("etcdctl migrate done"), "the run reached etcdctl migrate");
+    assert!(Pause::at("etcdctl-migrate-done").kill_there(migrator), "the run reached etcdctl migrate");
     assert_eq!(version_txt(&data), "3.3.25/etcd2", "version.txt still names the last completed step");
     assert!(data.join(".etcd-migrate/journal.json").exists(), "the unfinished conversion is recorded");
 

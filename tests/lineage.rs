@@ -84,9 +84,7 @@ fn data_of_3_4_reaches_3_6_through_a_sealed_3_5_even_when_killed_while_sealing()
     let (keys, ttls) = leased_fixture("3.4.23", &data, &peer);
 
     let migrate = || Migrator::new(&data, &peer).args(&["--target-version", "3.6.14", "--migrate-only"]);
-    let seal = Pause::at("v2-snapshot-forced");
-    let killed = seal.apply(migrate());
-    assert!(killed.kill_when_logged("paused for a fault-injection test"), "the run reached the seal");
+    assert!(Pause::at("v2-snapshot-forced").kill_there(migrate()), "the run reached the seal");
     assert_eq!(version_txt(&data), "3.5.30/etcd3", "3.5.30 opened the data; the seal had not completed");
     assert!(data.join(".etcd-migrate/journal.json").exists(), "the unfinished seal is recorded");
 

@@ -113,9 +113,9 @@ fn rolls_back_etcd3_to_etcd2_for_json_data_and_refuses_protobuf() {
     }
 }
 
-/// Kills the migrator (given `first_run` options) when its log shows `marker`, then checks the rerun
+/// Kills the migrator (given `first_run` options) paused at fault point `point`, then checks the rerun
 /// completes the downgrade.
-fn downgrade_killed_at(marker: &str, first_run: &[&str]) {
+fn downgrade_killed_at(point: &str, first_run: &[&str]) {
     let dir = TempDir::new("downgrade-kill");
     let data = dir.join("data");
     let peer = format!("http://localhost:{}", free_port());
@@ -123,7 +123,7 @@ fn downgrade_killed_at(marker: &str, first_run: &[&str]) {
 
     let migrator =
         Migrator::new(&data, &peer).args(&["--target-version", "3.4.23", "--migrate-only"]).args(first_run);
-    assert!(migrator.kill_when_logged(marker), "the run reached {marker:?}");
+    assert!(Pause::at(point).kill_there(migrator), "the run reached {point}");
     assert_eq!(version_txt(&data), "3.5.16/etcd3", "version.txt names the last completed step");
 
     let output = Migrator::new(&data, &peer).args(&["--target-version", "3.4.23", "--migrate-only"]).run();
@@ -138,15 +138,15 @@ fn downgrade_killed_at(marker: &str, first_run: &[&str]) {
 
 #[test]
 fn a_downgrade_killed_before_the_swap_is_redone() {
-    downgrade_killed_at("snapshot restored", &[]);
+    downgrade_killed_at("snapshot-restored", &[]);
 }
 
 #[test]
 fn a_downgrade_killed_in_the_middle_of_a_logical_copy_is_redone() {
-    downgrade_killed_at("for a logical copy", &["--downgrade-method", "logical"]);
+    downgrade_killed_at("logical-copy-read", &["--downgrade-method", "logical"]);
 }
 
 #[test]
 fn a_downgrade_killed_after_the_swap_is_completed() {
-    downgrade_killed_at("rebuilt member swapped in", &[]);
+    downgrade_killed_at("member-swapped-in", &[]);
 }

@@ -22,6 +22,7 @@ use crate::backup;
 use crate::client::v2::V2Client;
 use crate::client::v3::V3Client;
 use crate::etcdctl::Etcdctl;
+use crate::faults;
 use crate::journal::Journal;
 use crate::progress::{Progress, Unit};
 use crate::verify::{self, KeyDigest};
@@ -69,6 +70,7 @@ pub async fn run(ctx: &Context<'_>, at: Version, journal: &mut Journal) -> Resul
         Etcdctl::new(ctx.config.etcdctl_binary(at)).migrate(data_dir, MIGRATE_TIMEOUT, &progress).await?;
     drop(progress);
     info!(etcdctl = output.lines().last().unwrap_or_default(), "etcdctl migrate done");
+    faults::pause_async("etcdctl-migrate-done").await;
 
     let etcd = ctx.start_healthy(at, Storage::Etcd2, data_dir).await?;
     let v3 = V3Client::connect(etcd.endpoint().clone()).await?;

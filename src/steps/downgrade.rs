@@ -86,6 +86,7 @@ async fn by_snapshot(
         .snapshot_restore(&snapshot, &restored, &member, ETCDCTL_TIMEOUT)
         .await?;
     info!(to = %to, "snapshot restored with etcdctl {} (path: snapshot restore)", to.version);
+    faults::pause_async("snapshot-restored").await;
 
     let etcd = ctx.start_healthy(to.version, Storage::Etcd3, &restored).await?;
     let (after, leases_after) = keyspace(&etcd).await?;

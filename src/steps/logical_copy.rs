@@ -15,6 +15,7 @@ use super::dump::Dump;
 use super::in_flight::InFlight;
 use super::{Context, StepError};
 use crate::client::v3::{Op, V3Client, max_txn_ops};
+use crate::faults;
 use crate::progress::{Progress, Unit};
 use crate::verify::{self, ContentsDigest};
 use crate::version::{EtcdState, Storage, Version};
@@ -41,6 +42,7 @@ pub async fn rebuild(
     let before = digest.finish();
     ctx.stop(etcd).await?;
     info!(keys = before.keys.count, "read every key with etcd {source} for a logical copy");
+    faults::pause_async("logical-copy-read").await;
 
     let copied = work.join("copied");
     let etcd = ctx.start_healthy(to.version, Storage::Etcd3, &copied).await?;

@@ -120,6 +120,7 @@ pub fn swap_in(ctx: &Context<'_>, journal: &mut Journal, work: &Path) -> Result<
     journal::write(ctx.data_dir.path(), journal)?;
     swap::swap_member(ctx.data_dir.path(), work).map_err(io("swapping in"))?;
     info!(data_dir = %ctx.data_dir.path().display(), "rebuilt member swapped in");
+    faults::pause("member-swapped-in");
     Ok(())
 }
 

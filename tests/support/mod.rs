@@ -511,10 +511,16 @@ impl Pause {
     }
 
     /// `migrator`, told to pause here.
-    pub fn apply(&self, migrator: Migrator) -> Migrator {
+    fn apply(&self, migrator: Migrator) -> Migrator {
         migrator
             .env("ETCD_MIGRATE_TEST_PAUSE", &self.point)
             .env("ETCD_MIGRATE_TEST_HANDSHAKE", self.dir.path().to_str().unwrap())
+    }
+
+    /// Runs `migrator` until it pauses here and SIGKILLs it there, as [`Migrator::kill_when_logged`] does;
+    /// false if the run ended without pausing.
+    pub fn kill_there(&self, migrator: Migrator) -> bool {
+        self.apply(migrator).kill_when_logged("paused for a fault-injection test")
     }
 
     /// Starts `migrator`, told to pause here, and waits until it is paused; fails if it ends first.
