@@ -11,7 +11,10 @@
 //!   minor refuses), below that by rebuilding the member from a snapshot.
 //! - v2-store data (`etcd2`) is converted with `etcdctl migrate`, which only etcdctl 3.0–3.4 have; 3.6
 //!   and later have no v2 store at all.
-//! - etcd3 → etcd2 is a logical copy, only sensible when the API server wrote JSON.
+//! - etcd3 → etcd2 is a logical copy, only sensible when the API server wrote JSON. It is read by the
+//!   current minor, whichever it is (revisions do not survive it, so walking down the etcd3 minors first
+//!   would keep nothing more), except 3.0, which cannot say what a lease has left: that data moves up to
+//!   3.1 first.
 
 use std::fmt;
 
@@ -373,9 +376,17 @@ impl Planner<'_> {
         if storage_media_type != JSON_MEDIA_TYPE {
             return Err(PlanError::RollbackNeedsJson(storage_media_type.to_string()));
         }
-        let source =
-            self.require_patch(self.current.version.minor(), "read the current data for a rollback")?;
-        Ok(vec![Step::RollbackToEtcd2 { from: self.current, source, to: self.target }])
+        let mut steps = Vec::new();
+        let mut from = self.current;
+        if !release::capabilities(from.version).lease_time_to_live {
+            let next = from.version.minor().next().expect("every etcd3 minor has a next one");
+            let reader = self.require_patch(next, "read what each lease has left for a rollback")?;
+            steps = self.upgrade(from, reader)?;
+            from = EtcdState::new(reader, Storage::Etcd3);
+        }
+        let source = self.require_patch(from.version.minor(), "read the current data for a rollback")?;
+        steps.push(Step::RollbackToEtcd2 { from, source, to: self.target });
+        Ok(steps)
     }
 }
 
@@ -636,6 +647,26 @@ mod tests {
     }
 
     #[test]
+    fn rolls_back_to_etcd2_from_any_etcd3_minor_reading_leases_from_3_1_on() {
+        assert_eq!(
+            render("3.7.1/etcd3", "2.2.1/etcd2", LINEAGE, JSON_MEDIA_TYPE).unwrap(),
+            ["rollback-to-etcd2 3.7.1/etcd3 -> 2.2.1/etcd2"]
+        );
+        assert_eq!(
+            render("3.0.17/etcd3", "2.2.1/etcd2", LINEAGE, JSON_MEDIA_TYPE).unwrap(),
+            ["in-place 3.0.17/etcd3 -> 3.1.20/etcd3", "rollback-to-etcd2 3.1.20/etcd3 -> 2.2.1/etcd2"]
+        );
+        let err = render("3.0.17/etcd3", "2.2.1/etcd2", "2.2.1 3.0.17", JSON_MEDIA_TYPE).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::MissingMinor {
+                minor: Minor::new(3, 1),
+                purpose: "read what each lease has left for a rollback"
+            }
+        );
+    }
+
+    #[test]
     fn refuses_pairs_that_make_no_sense() {
         for (current, target) in [
             ("3.3.25/etcd3", "3.5.16/etcd2"),
@@ -726,6 +757,9 @@ mod tests {
             assert!(one_minor || matches!(step, Step::RollbackToEtcd2 { .. }), "{step} jumps minors");
             for (tool, version) in step.tools() {
                 assert!(bundled.contains(&version), "{step} runs unbundled {} {version}", tool.name());
+            }
+            if let Step::RollbackToEtcd2 { source, .. } = *step {
+                assert!(release::capabilities(source).lease_time_to_live, "{step} cannot read leases");
             }
             if let Step::Downgrade { source, .. } | Step::OnlineDowngrade { source, .. } = *step {
                 let online = matches!(step, Step::OnlineDowngrade { .. });

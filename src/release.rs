@@ -18,6 +18,9 @@ pub struct Capabilities {
     pub put_ignore_value: bool,
     /// Has `--max-txn-ops` (3.3 and later); older releases allow 128 operations of a kind per transaction.
     pub max_txn_ops_flag: bool,
+    /// Reports what a lease has left (`LeaseTimeToLive`, 3.1 and later; 3.0 answers 404), which the
+    /// steps that rebuild through the API need to carry TTLs over.
+    pub lease_time_to_live: bool,
     /// `ETCDCTL_API=3 etcdctl migrate` copies a stopped member's v2 store into its v3 store (3.0–3.4).
     pub etcdctl_migrate: bool,
     /// etcdctl speaks the v2 API unless `ETCDCTL_API=3` is set (3.0–3.3); 3.6 and later warn on the
@@ -52,6 +55,7 @@ pub fn capabilities(version: Version) -> Capabilities {
         enable_v2_flag: at_least(3) && !at_least(6),
         put_ignore_value: at_least(2),
         max_txn_ops_flag: at_least(3),
+        lease_time_to_live: at_least(1),
         etcdctl_migrate: v3 && !at_least(5),
         etcdctl_needs_api_3: v3 && !at_least(6),
         etcdutl: at_least(5),
@@ -152,6 +156,7 @@ mod tests {
         assert_eq!(with(|c| c.put_ignore_value), ["3.2.32", "3.3.25", "3.4.23", "3.5.16", "3.6.14", "3.7.1"]);
         assert_eq!(with(|c| c.max_txn_ops_flag), ["3.3.25", "3.4.23", "3.5.16", "3.6.14", "3.7.1"]);
         assert_eq!(with(|c| c.etcdutl), ["3.5.16", "3.6.14", "3.7.1"]);
+        assert_eq!(with(|c| c.lease_time_to_live)[0], "3.1.20");
         assert_eq!(with(|c| c.downgrade_api), ["3.6.14", "3.7.1"]);
     }
 

@@ -1,5 +1,6 @@
-//! Down the etcd lineage on the real releases: 3.7 → 3.6 → 3.5 by etcd's online downgrade (revisions
-//! and leases kept), and a run killed in the middle of it completing on the next run.
+//! Down the etcd lineage on the real releases: 3.7 → 3.6 → 3.5 by etcd's online downgrade, 3.5 → … → 3.0
+//! by snapshot restore (both keep revisions and leases), etcd3 → etcd2 down to 2.2.1 for JSON data, and
+//! a run killed in the middle of an online downgrade completing on the next run.
 
 mod support;
 
@@ -13,39 +14,6 @@ fn revisions_and_leases(etcd: &TestEtcd) -> BTreeMap<Vec<u8>, (i64, i64, i64)> {
         .into_iter()
         .map(|kv| (kv.key, (kv.create_revision, kv.mod_revision, kv.lease)))
         .collect()
-}
-
-fn backups(dir: &TempDir) -> usize {
-    std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains("-backup-"))
-        .count()
-}
-
-#[test]
-fn downgrades_3_7_to_3_5_online_keeping_revisions_and_leases() {
-    let dir = TempDir::new("online-downgrade");
-    let data = dir.join("data");
-    let peer = free_peer_url();
-    let (keys, ttls) = leased_fixture("3.7.1", &data, &peer);
-    let etcd = TestEtcd::start_with("3.7.1", &data, "m", &peer, &[]);
-    let before = revisions_and_leases(&etcd);
-    drop(etcd);
-
-    let plan = Migrator::new(&data, &peer).args(&["plan", "--target-version", "3.5.30"]).run();
-    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
-    assert_eq!(plan.lines().filter(|line| line.contains(" online-downgrade ")).count(), 2, "{plan}");
-
-    let output = Migrator::new(&data, &peer).args(&["--target-version", "3.5.30", "--migrate-only"]).run();
-    assert!(output.status.success(), "{}", stderr(&output));
-    assert_eq!(version_txt(&data), "3.5.30/etcd3");
-    assert_eq!(backups(&dir), 2, "a backup before each downgrade in place");
-
-    let etcd = TestEtcd::start_with("3.5.30", &data, "m", &peer, &[]);
-    assert_eq!(etcd.all_keys(), keys);
-    assert_eq!(revisions_and_leases(&etcd), before, "the same revisions and lease ids");
-    check_leases(&etcd, &ttls);
 }
 
 /// SIGKILL while 3.7.1 lowers its storage version, then again after it stopped and before 3.6.14 has
@@ -75,4 +43,44 @@ fn an_online_downgrade_killed_twice_completes_on_the_next_run() {
     let etcd = TestEtcd::start_with("3.6.14", &data, "m", &peer, &[]);
     assert_eq!(etcd.all_keys(), keys);
     check_leases(&etcd, &ttls);
+}
+
+/// The whole chain down for JSON data, the way Kubernetes once rolled back (3.0.17/etcd3 → 2.2.1/etcd2):
+/// from 3.7.1 through every etcd3 minor to 3.0.17 with the same revisions and lease ids, then into a
+/// fresh 2.2.1 v2 store (3.0 moves up to 3.1 first to read what the leases have left) with every key,
+/// value and TTL.
+#[test]
+fn the_whole_chain_down_from_3_7_to_2_2_etcd2_for_json_data() {
+    let dir = TempDir::new("chain-down");
+    let data = dir.join("data");
+    let peer = free_peer_url();
+    let (keys, ttls) = leased_fixture("3.7.1", &data, &peer);
+    let etcd = TestEtcd::start_with("3.7.1", &data, "m", &peer, &[]);
+    let before = revisions_and_leases(&etcd);
+    drop(etcd);
+
+    let plan = Migrator::new(&data, &peer).args(&["plan", "--target-version", "3.0.17"]).run();
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    for (kind, count) in [(" online-downgrade ", 2), (" downgrade ", 5)] {
+        assert_eq!(plan.lines().filter(|line| line.contains(kind)).count(), count, "{plan}");
+    }
+    let output = Migrator::new(&data, &peer).args(&["--target-version", "3.0.17", "--migrate-only"]).run();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(version_txt(&data), "3.0.17/etcd3");
+    assert_eq!(stderr(&output).matches("backup verified").count(), 7, "a backup before each downgrade");
+    let etcd = TestEtcd::start_with("3.0.17", &data, "m", &peer, &[]);
+    let values: BTreeMap<String, Vec<u8>> =
+        etcd.v3_key_values().into_iter().map(|kv| (String::from_utf8(kv.key).unwrap(), kv.value)).collect();
+    assert_eq!(values, keys);
+    assert_eq!(revisions_and_leases(&etcd), before, "the same revisions and lease ids on 3.0.17");
+    drop(etcd);
+
+    let output = Migrator::new(&data, &peer)
+        .args(&["--target-version", "2.2.1", "--target-storage", "etcd2", "--migrate-only"])
+        .env("STORAGE_MEDIA_TYPE", "application/json")
+        .run();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(version_txt(&data), "2.2.1/etcd2");
+    let etcd = TestEtcd::start_with("2.2.1", &data, "m", &peer, &[]);
+    check_v2_keys(&etcd, &keys, &ttls);
 }

@@ -3,10 +3,8 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use etcd_migrate::client::v2::V2Client;
 use support::*;
 
 /// When `snapshot restore` fails, each downgrade step falls back to a logical copy: every key and value,
@@ -96,21 +94,7 @@ fn rolls_back_etcd3_to_etcd2_for_json_data_and_refuses_protobuf() {
     assert_eq!(version_txt(&data), "3.3.25/etcd2");
 
     let etcd = TestEtcd::start_with("3.3.25", &data, "m", &peer, &[]);
-    let leaves = block_on(V2Client::new(etcd.endpoint()).leaves("/registry")).unwrap();
-    let found: BTreeMap<String, (String, Option<i64>)> =
-        leaves.into_iter().map(|leaf| (leaf.key, (leaf.value, leaf.ttl))).collect();
-    assert_eq!(found.len(), keys.len());
-    for (key, value) in &keys {
-        let (found_value, ttl) = &found[key];
-        assert_eq!(found_value.as_bytes(), value.as_slice(), "{key}");
-        match (ttls.get(key), ttl) {
-            (None, None) => {}
-            (Some(&before), Some(after)) => {
-                assert!(*after > 0 && *after <= before, "{key}: TTL {after}s, was {before}s")
-            }
-            (before, after) => panic!("{key}: TTL {before:?} became {after:?}"),
-        }
-    }
+    check_v2_keys(&etcd, &keys, &ttls);
 }
 
 /// Kills the migrator (given `first_run` options) paused at fault point `point`, then checks the rerun

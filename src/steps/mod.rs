@@ -20,6 +20,7 @@ use tracing::info;
 
 use crate::backup::BackupError;
 use crate::client::ClientError;
+use crate::client::v3::V3Client;
 use crate::config::Config;
 use crate::data_dir::{DataDir, DataDirError};
 use crate::etcd_process::{EtcdError, EtcdProcess, EtcdSpec};
@@ -29,7 +30,7 @@ use crate::journal::{self, Journal, JournalError};
 use crate::plan::Step;
 use crate::release;
 use crate::swap;
-use crate::verify::Summary;
+use crate::verify::{self, Contents, Summary};
 use crate::version::{Storage, Version};
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +107,12 @@ impl Context<'_> {
         info!(pid, "hidden etcd stopped");
         Ok(())
     }
+}
+
+/// What the whole keyspace of a running hidden etcd holds: keys, values, and how keys share leases.
+async fn keyspace(etcd: &EtcdProcess) -> Result<Contents, StepError> {
+    let client = V3Client::connect(etcd.endpoint().clone()).await?;
+    Ok(verify::contents(&client, None).await?)
 }
 
 /// Swaps a rebuilt and verified member (`<work>/member`) in for the live one. The rebuilt member's inode

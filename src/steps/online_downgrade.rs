@@ -18,14 +18,12 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use super::{Context, StepError};
+use super::{Context, StepError, keyspace};
 use crate::bbolt;
 use crate::client::TlsFiles;
-use crate::client::v3::V3Client;
 use crate::data_dir;
 use crate::etcd_process::EtcdProcess;
 use crate::etcdctl::{Etcdctl, StorageStatus};
-use crate::verify::{self, Contents};
 use crate::version::{EtcdState, Minor, Storage, Version};
 
 /// etcd's downgrade monitor acts every few seconds (~4 s measured on 3.6.14 and 3.7.1).
@@ -42,14 +40,14 @@ pub async fn run(
     let data = ctx.data_dir.path();
     let target = to.version.minor();
     let etcd = ctx.start_healthy(source, Storage::Etcd3, data).await?;
-    let before = contents(&etcd).await?;
+    let before = keyspace(&etcd).await?;
     lower_storage_version(ctx, &etcd, source, target).await?;
     ctx.stop(etcd).await?;
     info!(from = %from, keys = before.keys.count, "etcd {source} lowered the storage version to {target}.0");
 
     let etcd = ctx.start_healthy(to.version, Storage::Etcd3, data).await?;
     wait_for_downgrade_job_end(&etcd, to.version).await?;
-    let after = contents(&etcd).await?;
+    let after = keyspace(&etcd).await?;
     ctx.stop(etcd).await?;
     if let Some(job) = bbolt::downgrade_target(&data_dir::db_path(data)).map_err(unreadable)? {
         return Err(StepError::Failed(format!(
@@ -63,11 +61,6 @@ pub async fn run(
     }
     info!(keys = after.keys.count, "etcd {} opens the data with the same keys and leases", to.version);
     Ok(())
-}
-
-async fn contents(etcd: &EtcdProcess) -> Result<Contents, StepError> {
-    let client = V3Client::connect(etcd.endpoint().clone()).await?;
-    Ok(verify::contents(&client, None).await?)
 }
 
 /// Has the running `source` member downgrade its storage to `target`, and waits until it reports it.

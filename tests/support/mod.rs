@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use etcd_migrate::client::v2::V2Client;
 use etcd_migrate::client::v3::{KeyValue, Read, V3Client, connect_options};
 use etcd_migrate::client::{ClientError, Endpoint, TlsFiles, health};
 use etcd_migrate::etcd_process::{EtcdError, EtcdProcess, EtcdSpec};
@@ -393,21 +394,25 @@ impl Migrator {
         self.command.stderr(Stdio::piped());
         let mut child = self.command.spawn().unwrap();
         let mut killed = false;
-        let mut hidden_etcds = Vec::new();
-        eprintln!("--- etcd-migrate stderr, until {marker:?}:");
+        let mut lines = Vec::new();
         for line in std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap())) {
             let line = line.unwrap();
-            eprintln!("{line}");
-            if line.contains("hidden etcd is healthy") {
-                hidden_etcds.extend(line.split(" pid=").nth(1).and_then(|pid| pid.parse::<u32>().ok()));
-            }
             if line.contains(marker) {
                 child.kill().unwrap();
                 killed = true;
+            }
+            lines.push(line);
+            if killed {
                 break;
             }
         }
         child.wait().unwrap();
+        eprintln!("--- etcd-migrate stderr, until {marker:?}:\n{}", lines.join("\n"));
+        let hidden_etcds: Vec<u32> = lines
+            .iter()
+            .filter(|line| line.contains("hidden etcd is healthy"))
+            .filter_map(|line| line.split(" pid=").nth(1)?.parse().ok())
+            .collect();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !hidden_etcds.iter().all(|&pid| process_dead(pid)) {
             assert!(Instant::now() < deadline, "hidden etcds {hidden_etcds:?} outlived the killed migrator");
@@ -739,4 +744,24 @@ pub async fn save_snapshot(endpoint: &Endpoint, path: &Path) -> u64 {
     assert_eq!(Sha256::digest(db).as_slice(), trailer, "the snapshot matches its SHA-256 trailer");
     fs::write(path, &all).unwrap();
     all.len() as u64
+}
+
+/// The v2 store under `/registry` holds exactly `keys`, each key of `ttls` with a TTL no longer than its
+/// lease had, every other key with none.
+pub fn check_v2_keys(etcd: &TestEtcd, keys: &BTreeMap<String, Vec<u8>>, ttls: &BTreeMap<String, i64>) {
+    let leaves = block_on(V2Client::new(etcd.endpoint()).leaves("/registry")).unwrap();
+    let found: BTreeMap<String, (String, Option<i64>)> =
+        leaves.into_iter().map(|leaf| (leaf.key, (leaf.value, leaf.ttl))).collect();
+    assert_eq!(found.len(), keys.len());
+    for (key, value) in keys {
+        let (found_value, ttl) = &found[key];
+        assert_eq!(found_value.as_bytes(), value.as_slice(), "{key}");
+        match (ttls.get(key), ttl) {
+            (None, None) => {}
+            (Some(&before), Some(after)) => {
+                assert!(*after > 0 && *after <= before, "{key}: TTL {after}s, was {before}s")
+            }
+            (before, after) => panic!("{key}: TTL {before:?} became {after:?}"),
+        }
+    }
 }
