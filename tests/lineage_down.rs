@@ -84,3 +84,31 @@ fn the_whole_chain_down_from_3_7_to_2_2_etcd2_for_json_data() {
     let etcd = TestEtcd::start_with("2.2.1", &data, "m", &peer, &[]);
     check_v2_keys(&etcd, &keys, &ttls);
 }
+
+/// 3.4.23 data up to the newest etcd, 3.7.1, and back down to 3.6.14: every key, value, revision and
+/// lease at each end.
+#[test]
+fn data_from_3_4_goes_up_to_3_7_and_back_to_3_6_with_keys_and_leases() {
+    let dir = TempDir::new("up-and-back");
+    let data = dir.join("data");
+    let peer = free_peer_url();
+    let (keys, ttls) = leased_fixture("3.4.23", &data, &peer);
+
+    let output = Migrator::new(&data, &peer).args(&["--target-version", "3.7.1", "--migrate-only"]).run();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(version_txt(&data), "3.7.1/etcd3");
+    let etcd = TestEtcd::start_with("3.7.1", &data, "m", &peer, &[]);
+    assert_eq!(etcd.all_keys(), keys);
+    check_leases(&etcd, &ttls);
+    let at_3_7 = revisions_and_leases(&etcd);
+    drop(etcd);
+
+    let output = Migrator::new(&data, &peer).args(&["--target-version", "3.6.14", "--migrate-only"]).run();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).contains("online-downgrade"), "{}", stderr(&output));
+    assert_eq!(version_txt(&data), "3.6.14/etcd3");
+    let etcd = TestEtcd::start_with("3.6.14", &data, "m", &peer, &[]);
+    assert_eq!(etcd.all_keys(), keys);
+    check_leases(&etcd, &ttls);
+    assert_eq!(revisions_and_leases(&etcd), at_3_7, "the same revisions and lease ids");
+}

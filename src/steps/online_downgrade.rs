@@ -5,7 +5,7 @@
 //!
 //! 1. start the current minor on the data; count + digest every key and how keys share leases;
 //! 2. `etcdctl downgrade validate X.Y`, `downgrade enable X.Y` (skipped when a killed run already
-//!    enabled it), and wait until the member reports storage version X.Y.0; stop it;
+//!    enabled it), and wait until the member reports cluster and storage version X.Y.0; stop it;
 //! 3. start the older minor on the data until healthy, and until it has finished etcd's downgrade job
 //!    (the job stays enabled until a member of the target minor runs, and while it is enabled a newer
 //!    member is refused); the same keys, digest and lease grouping, or the step fails.
@@ -20,7 +20,7 @@ use tracing::info;
 
 use super::{Context, StepError, keyspace};
 use crate::bbolt;
-use crate::client::TlsFiles;
+use crate::client::{TlsFiles, v3};
 use crate::data_dir;
 use crate::etcd_process::EtcdProcess;
 use crate::etcdctl::{Etcdctl, StorageStatus};
@@ -63,7 +63,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Has the running `source` member downgrade its storage to `target`, and waits until it reports it.
+/// Has the running `source` member downgrade the cluster and its storage to `target`, and waits until
+/// it reports both.
 async fn lower_storage_version(
     ctx: &Context<'_>,
     etcd: &EtcdProcess,
@@ -84,7 +85,10 @@ async fn lower_storage_version(
     let deadline = Instant::now() + DOWNGRADE_TIMEOUT;
     loop {
         let status = etcdctl.storage_status(url, &tls, ETCDCTL_TIMEOUT).await?;
-        if status.storage_version == lowered {
+        // Both: a newer member stopped before it raised the storage version leaves it at the target
+        // already, while the cluster version its WAL records would still make the older minor refuse.
+        let cluster = v3::versions(etcd.endpoint()).await?.cluster;
+        if status.storage_version == lowered && cluster == lowered {
             return Ok(());
         }
         if !downgrading_to(&status, &lowered) {
@@ -95,7 +99,7 @@ async fn lower_storage_version(
         }
         if Instant::now() >= deadline {
             return Err(StepError::Failed(format!(
-                "etcd {source} did not lower its storage version to {lowered} within {DOWNGRADE_TIMEOUT:?} (still {})",
+                "etcd {source} did not lower its cluster and storage versions to {lowered} within {DOWNGRADE_TIMEOUT:?} (still {cluster} and {})",
                 status.storage_version
             )));
         }

@@ -565,14 +565,15 @@ pub fn process_gone(pid: u32) -> bool {
     !Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Whether process `pid` has exited, so its files and sockets are closed: gone, or a zombie not yet
-/// reaped.
+/// Whether process `pid` has exited, so its files and sockets are closed: gone, or every one of its
+/// threads a zombie (a killed process's main thread can be one while others still close its files).
 pub fn process_dead(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return true };
+    tasks.flatten().all(|task| match fs::read_to_string(task.path().join("stat")) {
         // The state follows the parenthesized command name.
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Ok(stat) => stat.rsplit_once(") ").is_none_or(|(_, rest)| rest.starts_with(['Z', 'X'])),
         Err(_) => true,
-    }
+    })
 }
 
 /// Data written by `version` with the sample keys (under `/registry`) and keys on two leases, with
