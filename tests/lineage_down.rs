@@ -16,8 +16,9 @@ fn revisions_and_leases(etcd: &TestEtcd) -> BTreeMap<Vec<u8>, (i64, i64, i64)> {
         .collect()
 }
 
-/// SIGKILL while 3.7.1 lowers its storage version, then again after it stopped and before 3.6.14 has
-/// opened the data: the third run completes the downgrade with nothing lost.
+/// SIGKILL while 3.7.1 runs with the downgrade enabled (storage not lowered yet: only 3.7.1 opens the
+/// data), then again once it has lowered it and stopped, before 3.6.14 has opened the data: the third
+/// run completes the downgrade with nothing lost.
 #[test]
 fn an_online_downgrade_killed_twice_completes_on_the_next_run() {
     let dir = TempDir::new("online-downgrade-kill");
@@ -26,10 +27,10 @@ fn an_online_downgrade_killed_twice_completes_on_the_next_run() {
     let (keys, ttls) = leased_fixture("3.7.1", &data, &peer);
     let args = ["--target-version", "3.6.14", "--migrate-only"];
 
-    for marker in ["downgrade enabled on etcd", "lowered the storage version"] {
+    for point in ["online-downgrade-enabled", "online-downgrade-lowered"] {
         assert!(
-            Migrator::new(&data, &peer).args(&args).kill_when_logged(marker),
-            "the run reached {marker:?}"
+            Pause::at(point).kill_there(Migrator::new(&data, &peer).args(&args)),
+            "the run reached {point}"
         );
         assert_eq!(version_txt(&data), "3.7.1/etcd3", "version.txt names the last completed step");
         assert!(data.join(".etcd-migrate/journal.json").exists(), "the journal records the step under way");

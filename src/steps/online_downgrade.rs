@@ -24,6 +24,7 @@ use crate::client::{TlsFiles, v3};
 use crate::data_dir;
 use crate::etcd_process::EtcdProcess;
 use crate::etcdctl::{Etcdctl, StorageStatus};
+use crate::faults;
 use crate::version::{EtcdState, Minor, Storage, Version};
 
 /// etcd's downgrade monitor acts every few seconds (~4 s measured on 3.6.14 and 3.7.1).
@@ -44,6 +45,7 @@ pub async fn run(
     lower_storage_version(ctx, &etcd, source, target).await?;
     ctx.stop(etcd).await?;
     info!(from = %from, keys = before.keys.count, "etcd {source} lowered the storage version to {target}.0");
+    faults::pause_async("online-downgrade-lowered").await;
 
     let etcd = ctx.start_healthy(to.version, Storage::Etcd3, data).await?;
     wait_for_downgrade_job_end(&etcd, to.version).await?;
@@ -81,6 +83,7 @@ async fn lower_storage_version(
             etcdctl.downgrade(url, &tls, action, target, ETCDCTL_TIMEOUT).await?;
         }
         info!(target = %target, "downgrade enabled on etcd {source}");
+        faults::pause_async("online-downgrade-enabled").await;
     }
     let deadline = Instant::now() + DOWNGRADE_TIMEOUT;
     loop {
