@@ -468,6 +468,9 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("bundle etcd 3.5.26 or later"), "{err}");
+        // Skipping 3.6 is refused too: 3.7.1 panics on 3.5 data.
+        let err = render("3.5.30/etcd3", "3.7.1/etcd3", "3.5.30 3.7.1", PROTOBUF).unwrap_err();
+        assert!(matches!(err, PlanError::MissingMinor { minor, .. } if minor == Minor::new(3, 6)), "{err}");
         let err = render("3.6.0/etcd3", "3.7.1/etcd3", "3.7.1", PROTOBUF).unwrap_err();
         assert!(matches!(err, PlanError::BelowFloor { floor, .. } if floor == Version::new(3, 6, 11)));
     }

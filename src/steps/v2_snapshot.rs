@@ -23,6 +23,9 @@ use crate::faults;
 use crate::version::EtcdState;
 
 const POLL: Duration = Duration::from_millis(20);
+/// etcd settles the cluster version within a few seconds of starting (its version monitor ticks every
+/// few seconds); "not capable" for longer means it never will.
+const CAPABLE_WITHIN: Duration = Duration::from_secs(30);
 
 /// Opens the data dir with etcd `to` until a v2 snapshot covers every earlier record, then stops it.
 pub async fn open_with_fresh_snapshot(ctx: &Context<'_>, to: EtcdState) -> Result<(), StepError> {
@@ -32,7 +35,7 @@ pub async fn open_with_fresh_snapshot(ctx: &Context<'_>, to: EtcdState) -> Resul
     let etcd = ctx.start_spec_healthy(spec).await?;
     let v3 = V3Client::connect(etcd.endpoint().clone()).await?;
     let timeout = ctx.config.health_timeout;
-    let earlier_records = raft_index_once_capable(&v3, timeout).await?;
+    let earlier_records = raft_index_once_capable(&v3, timeout.min(CAPABLE_WITHIN)).await?;
     let lease = v3.lease_grant(60).await?;
     v3.lease_revoke(lease).await?;
     faults::pause("v2-snapshot-forced");
