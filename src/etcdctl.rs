@@ -1,5 +1,6 @@
-//! Running a bundled etcdctl (v3 API): a clean environment and a mandatory timeout on every call, since
-//! some commands wait forever (`migrate` on a locked data dir, `lease list` without a server).
+//! Running a bundled etcdctl (v3 API; `ETCDCTL_API=3` where the release needs it): a clean environment
+//! and a mandatory timeout on every call, since some commands wait forever (`migrate` on a locked data
+//! dir, `lease list` without a server).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,7 +12,8 @@ use tokio::process::Command;
 
 use crate::client::TlsFiles;
 use crate::progress::Progress;
-use crate::version::Minor;
+use crate::release;
+use crate::version::{Minor, Version};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdctlError {
@@ -54,11 +56,14 @@ struct EndpointStatus {
 #[derive(Debug, Clone)]
 pub struct Etcdctl {
     pub binary: PathBuf,
+    /// Set `ETCDCTL_API=3` (etcdctl 3.0–3.5; 3.6 and later warn on it at every call).
+    needs_api_3: bool,
 }
 
 impl Etcdctl {
-    pub fn new(binary: PathBuf) -> Etcdctl {
-        Etcdctl { binary }
+    /// The bundled `binary` (etcdctl, or etcdutl) of etcd `version`.
+    pub fn new(binary: PathBuf, version: Version) -> Etcdctl {
+        Etcdctl { binary, needs_api_3: release::capabilities(version).etcdctl_needs_api_3 }
     }
 
     /// Runs `etcdctl args…`, returning its stdout. At `timeout` it is killed and reaped before this
@@ -76,20 +81,16 @@ impl Etcdctl {
         progress: Option<&Progress>,
     ) -> Result<String, EtcdctlError> {
         let mut command = Command::new(&self.binary);
-        command
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         command.kill_on_drop(true);
         for (key, _) in std::env::vars_os() {
             let key_text = key.to_string_lossy();
-            if key_text.starts_with("ETCD_")
-                || (key_text.starts_with("ETCDCTL_") && key_text != "ETCDCTL_API")
-            {
+            if key_text.starts_with("ETCD_") || key_text.starts_with("ETCDCTL_") {
                 command.env_remove(key);
             }
+        }
+        if self.needs_api_3 {
+            command.env("ETCDCTL_API", "3");
         }
         let spawn_error = |source| EtcdctlError::Spawn { binary: self.binary.clone(), source };
         let mut child = command.spawn().map_err(spawn_error)?;
@@ -273,11 +274,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_hanging_command_is_killed_at_its_timeout() {
-        let sleeper = Etcdctl::new(PathBuf::from("/bin/sleep"));
+        let sleeper = Etcdctl::new(PathBuf::from("/bin/sleep"), Version::new(3, 5, 0));
         let err = sleeper.run(&["30".into()], Duration::from_millis(100)).await.unwrap_err();
         assert!(matches!(err, EtcdctlError::TimedOut { .. }), "{err}");
-        let err =
-            Etcdctl::new(PathBuf::from("/bin/false")).run(&[], Duration::from_secs(5)).await.unwrap_err();
+        let err = Etcdctl::new(PathBuf::from("/bin/false"), Version::new(3, 5, 0))
+            .run(&[], Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert!(matches!(err, EtcdctlError::Failed { .. }), "{err}");
     }
 }

@@ -234,7 +234,7 @@ fn a_grpc_snapshot_restores_with_etcdctl_to_the_same_keys_and_leases() {
             initial_advertise_peer_urls: &peer_url,
             skip_hash_check: false, // the stream's SHA-256 trailer made it into the file
         };
-        block_on(Etcdctl::new(etcdctl_binary(version)).snapshot_restore(
+        block_on(Etcdctl::new(etcdctl_binary(version), version.parse().unwrap()).snapshot_restore(
             &snapshot,
             &restored,
             &member,
@@ -254,8 +254,11 @@ fn etcdctl_is_killed_at_its_timeout_when_it_would_wait_forever() {
     let nobody = format!("http://127.0.0.1:{}", free_port());
     let args: Vec<String> = ["--endpoints", &nobody, "lease", "list"].map(String::from).to_vec();
     for version in ["3.3.25", "3.4.23", "3.5.16"] {
-        let err = block_on(Etcdctl::new(etcdctl_binary(version)).run(&args, Duration::from_secs(8)))
-            .expect_err("etcdctl lease list never ends without a server");
+        let err = block_on(
+            Etcdctl::new(etcdctl_binary(version), version.parse().unwrap())
+                .run(&args, Duration::from_secs(8)),
+        )
+        .expect_err("etcdctl lease list never ends without a server");
         assert!(matches!(err, EtcdctlError::TimedOut { .. }), "{version}: {err}");
         assert_eq!(processes_mentioning(&nobody), 0, "{version}: killed and reaped");
     }

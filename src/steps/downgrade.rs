@@ -64,7 +64,7 @@ async fn by_snapshot(
     let etcd = ctx.start_healthy(source, Storage::Etcd3, ctx.data_dir.path()).await?;
     let before = keyspace(&etcd).await?;
     let tls = TlsFiles::from_etcd_args(&config.extra_args);
-    Etcdctl::new(config.etcdctl_binary(source))
+    Etcdctl::new(config.etcdctl_binary(source), source)
         .snapshot_save(etcd.endpoint().base_url(), &tls, &snapshot, ETCDCTL_TIMEOUT)
         .await?;
     ctx.stop(etcd).await?;
@@ -80,7 +80,7 @@ async fn by_snapshot(
     if faults::fail("snapshot-restore") {
         return Err(StepError::Failed("snapshot restore failed (fault injected)".into()));
     }
-    Etcdctl::new(config.etcdctl_binary(to.version))
+    Etcdctl::new(config.etcdctl_binary(to.version), to.version)
         .snapshot_restore(&snapshot, &restored, &member, ETCDCTL_TIMEOUT)
         .await?;
     info!(to = %to, "snapshot restored with etcdctl {} (path: snapshot restore)", to.version);

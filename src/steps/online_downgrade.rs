@@ -73,7 +73,7 @@ async fn lower_storage_version(
     source: Version,
     target: Minor,
 ) -> Result<(), StepError> {
-    let etcdctl = Etcdctl::new(ctx.config.etcdctl_binary(source));
+    let etcdctl = Etcdctl::new(ctx.config.etcdctl_binary(source), source);
     let tls = TlsFiles::from_etcd_args(&ctx.config.extra_args);
     let url = etcd.endpoint().base_url();
     let lowered = Version::new(target.major, target.minor, 0).to_string();

@@ -29,7 +29,7 @@ pub async fn run(ctx: &Context<'_>, to: EtcdState) -> Result<(), StepError> {
 }
 
 async fn check_v2store(ctx: &Context<'_>, version: Version, data_dir: &Path) -> Result<(), StepError> {
-    let etcdutl = Etcdctl::new(ctx.config.binary(Tool::Etcdutl, version));
+    let etcdutl = Etcdctl::new(ctx.config.binary(Tool::Etcdutl, version), version);
     let args = ["check".into(), "v2store".into(), "--data-dir".into(), data_dir.display().to_string()];
     match etcdutl.run(&args, CHECK_TIMEOUT).await {
         Ok(output) => {
