@@ -1,6 +1,6 @@
 //! Down the etcd lineage on the real releases: 3.7 → 3.6 → 3.5 by etcd's online downgrade, 3.5 → … → 3.0
-//! by snapshot restore (both keep revisions and leases), etcd3 → etcd2 down to 2.2.1 for JSON data, and
-//! a run killed in the middle of an online downgrade completing on the next run.
+//! by snapshot restore (both keep revisions and leases) or by logical copy, etcd3 → etcd2 down to 2.2.1
+//! for JSON data, and a run killed in the middle of an online downgrade completing on the next run.
 
 mod support;
 
@@ -112,4 +112,37 @@ fn data_from_3_4_goes_up_to_3_7_and_back_to_3_6_with_keys_and_leases() {
     assert_eq!(etcd.all_keys(), keys);
     check_leases(&etcd, &ttls);
     assert_eq!(revisions_and_leases(&etcd), at_3_7, "the same revisions and lease ids");
+}
+
+/// The logical copy, the fallback when the older etcdctl cannot restore a snapshot, down to 3.0 (over
+/// gRPC, which 3.0 serves): every key and value, and the leases regrouped as they were.
+#[test]
+fn a_logical_copy_rebuilds_3_2_data_on_3_0() {
+    let dir = TempDir::new("logical-copy-3-0");
+    let data = dir.join("data");
+    let peer = free_peer_url();
+    let (keys, ttls) = leased_fixture("3.2.32", &data, &peer);
+
+    let output = Migrator::new(&data, &peer)
+        .args(&["--target-version", "3.0.17", "--migrate-only", "--downgrade-method", "logical"])
+        .run();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stderr(&output).matches("path: logical copy").count(), 2, "{}", stderr(&output));
+    assert_eq!(version_txt(&data), "3.0.17/etcd3");
+    let etcd = TestEtcd::start_with("3.0.17", &data, "m", &peer, &[]);
+    let kvs = etcd.v3_key_values();
+    let values: BTreeMap<String, Vec<u8>> =
+        kvs.iter().map(|kv| (String::from_utf8(kv.key.clone()).unwrap(), kv.value.clone())).collect();
+    assert_eq!(values, keys);
+    let leased: BTreeMap<&str, i64> = kvs
+        .iter()
+        .filter(|kv| kv.lease != 0)
+        .map(|kv| (std::str::from_utf8(&kv.key).unwrap(), kv.lease))
+        .collect();
+    assert_eq!(
+        leased.keys().copied().collect::<Vec<_>>(),
+        ttls.keys().map(String::as_str).collect::<Vec<_>>()
+    );
+    let groups: std::collections::BTreeSet<i64> = leased.values().copied().collect();
+    assert_eq!(groups.len(), 2, "keys that shared a lease share one again");
 }
