@@ -45,6 +45,7 @@ pub async fn run(ctx: &Context<'_>, at: Version, journal: &mut Journal) -> Resul
     let mut remaining = Collector::create(&work).map_err(io("keeping TTLs"))?;
     let mut written = Ok(());
     let progress = Progress::start("reading the v2 data", Unit::Keys, None);
+    let read_sent = Instant::now();
     V2Client::new(etcd.endpoint().clone())
         .for_each_leaf(&prefix, &mut |leaf| {
             progress.add(1);
@@ -58,7 +59,6 @@ pub async fn run(ctx: &Context<'_>, at: Version, journal: &mut Journal) -> Resul
         .await?;
     drop(progress);
     written.map_err(io("keeping TTLs"))?;
-    let read_at = Instant::now();
     let source = source.finish();
     let remaining = remaining.finish().map_err(io("indexing TTLs"))?;
     info!(keys = source.count, digest = %source.digest, with_ttl = remaining.len(), "read the v2 data");
@@ -78,7 +78,7 @@ pub async fn run(ctx: &Context<'_>, at: Version, journal: &mut Journal) -> Resul
     let policy = LeasePolicy {
         ttl_directory: &ctx.config.ttl_keys_directory,
         remaining: &remaining,
-        elapsed: read_at.elapsed(),
+        read_sent,
         cap: ctx.config.ttl_lease_duration,
     };
     leases::attach(&v3, &directory, &policy, source.count).await?;

@@ -1,10 +1,11 @@
 //! Turning v2 TTLs into v3 leases after `etcdctl migrate`, which drops them.
 //!
 //! Better than Kubernetes' old attachlease (one flat lease for everything under the TTL directory): each
-//! key keeps what remained of its own TTL, capped by `--ttl-lease-duration`. Keys with close expiry share
-//! a lease (TTLs are rounded up to a granule of 1/120 of the cap, 30 s for 1 h), so a million events
-//! need at most 120 leases. Keys under the TTL directory that had no TTL get the cap, as attachlease
-//! gave them. Keys are read a page at a time without their values, and attached in transactions of up
+//! key keeps what remained of its own TTL, capped by `--ttl-lease-duration`, and never more: a key must
+//! not outlive the deadline its v2 TTL set. Keys whose deadlines fall in the same granule (1/120 of the
+//! cap, 30 s for 1 h) share a lease that ends at the granule's start, so a million events need at most
+//! 120 leases (plus one per second for keys with less than a granule left). Keys under the TTL
+//! directory that had no TTL get the cap, as attachlease gave them. Keys are read a page at a time without their values, and attached in transactions of up
 //! to `max_txn_ops` puts that keep the value (`ignore_value`), each guarded by the key's mod revision;
 //! etcd 3.0 and 3.1 have no `ignore_value` (over gRPC they would blank the value): there the pages carry
 //! the values and each put writes the value back unchanged. The remaining TTLs are looked up on disk
@@ -34,27 +35,36 @@ pub struct LeasePolicy<'a> {
     pub ttl_directory: &'a str,
     /// Remaining TTL (seconds) of every key that had one, as read from the v2 store.
     pub remaining: &'a RemainingTtls,
-    /// Time passed since `remaining` was read.
-    pub elapsed: Duration,
+    /// When the v2 read that reported `remaining` was sent: every remaining TTL counts from here.
+    pub read_sent: Instant,
     /// The longest lease.
     pub cap: Duration,
 }
 
 impl LeasePolicy<'_> {
-    fn granule(&self) -> i64 {
-        (self.cap.as_secs() as i64 / 120).max(1)
+    fn granule(&self) -> u64 {
+        (self.cap.as_secs() / 120).max(1)
     }
 
-    /// The lease TTL for `key`, or `None` for a key that never expires.
-    pub fn lease_ttl(&self, key: &str) -> std::io::Result<Option<i64>> {
-        let cap = self.cap.as_secs() as i64;
-        let remaining = match self.remaining.get(key)? {
-            Some(ttl) => (ttl - self.elapsed.as_secs() as i64).max(1),
+    /// When `key` must be gone, in whole seconds after `read_sent`, rounded down to a granule so that
+    /// keys with close deadlines share a lease; `None` for a key that never expires.
+    pub fn deadline(&self, key: &str) -> std::io::Result<Option<u64>> {
+        let cap = self.cap.as_secs();
+        let deadline = match self.remaining.get(key)? {
+            // v2 reports what is left rounded up to a whole second: a second less never outlives the key.
+            Some(ttl) => (ttl.max(1) as u64 - 1).min(cap),
             None if key.starts_with(&format!("{}/", self.ttl_directory.trim_end_matches('/'))) => cap,
             None => return Ok(None),
         };
         let granule = self.granule();
-        Ok(Some(((remaining + granule - 1) / granule * granule).min(cap).max(1)))
+        Ok(Some(if deadline < granule { deadline } else { deadline / granule * granule }))
+    }
+
+    /// The TTL of a lease granted now that must end by `deadline`: what is left until then, rounded
+    /// down, and at least etcd's shortest (1 s) for a key whose time ran out during the conversion.
+    pub fn lease_ttl(&self, deadline: u64) -> i64 {
+        let left = Duration::from_secs(deadline).saturating_sub(self.read_sent.elapsed());
+        left.as_secs().max(1) as i64
     }
 }
 
@@ -69,7 +79,7 @@ pub async fn attach(
     let caps = client.capabilities();
     let read = if caps.put_ignore_value { Read::KeysOnly } else { Read::WithValues };
     let max_txn_ops = max_txn_ops(caps);
-    let mut leases: HashMap<i64, i64> = HashMap::new();
+    let mut leases: HashMap<u64, i64> = HashMap::new();
     let mut in_flight = InFlight::new(client);
     let started = Instant::now();
     let progress = Progress::start("attaching leases", Unit::Keys, Some(total));
@@ -80,16 +90,16 @@ pub async fn attach(
             let (mut guards, mut ops) = (Vec::new(), Vec::new());
             for kv in kvs {
                 let key = String::from_utf8_lossy(&kv.key);
-                let ttl = policy.lease_ttl(&key).map_err(|source| StepError::Io {
+                let deadline = policy.deadline(&key).map_err(|source| StepError::Io {
                     context: format!("looking up the TTL of {key}"),
                     source,
                 })?;
-                let Some(ttl) = ttl else { continue };
-                let lease = match leases.get(&ttl) {
+                let Some(deadline) = deadline else { continue };
+                let lease = match leases.get(&deadline) {
                     Some(&id) => id,
                     None => {
-                        let id = client.lease_grant(ttl).await?;
-                        leases.insert(ttl, id);
+                        let id = client.lease_grant(policy.lease_ttl(deadline)).await?;
+                        leases.insert(deadline, id);
                         id
                     }
                 };
@@ -125,12 +135,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keeps_remaining_ttls_rounded_up_to_a_granule_and_capped() {
+    fn a_lease_never_outlives_the_v2_deadline_and_close_deadlines_share_one() {
         let temp = tempfile::tempdir().unwrap();
-        let dir = temp.path();
-        let mut remaining = super::super::remaining_ttls::Collector::create(dir).unwrap();
+        let mut remaining = super::super::remaining_ttls::Collector::create(temp.path()).unwrap();
         for (key, ttl) in [
             ("/registry/events/a", 100),
+            ("/registry/events/a2", 119),
             ("/registry/events/b", 7200),
             ("/registry/masterleases/x", 15),
             ("/registry/events/c", 3),
@@ -141,16 +151,19 @@ mod tests {
         let policy = LeasePolicy {
             ttl_directory: "/registry/events",
             remaining: &remaining,
-            elapsed: Duration::from_secs(5),
+            read_sent: Instant::now() - Duration::from_millis(5500),
             cap: Duration::from_secs(3600),
         };
-        let ttl = |key| policy.lease_ttl(key).unwrap();
-        assert_eq!(ttl("/registry/events/a"), Some(120), "95 s left, rounded up to 30 s granules");
-        assert_eq!(ttl("/registry/events/b"), Some(3600), "capped");
-        assert_eq!(ttl("/registry/masterleases/x"), Some(30), "a TTL outside the directory is kept");
-        assert_eq!(ttl("/registry/events/c"), Some(30), "expired while converting: the shortest lease");
-        assert_eq!(ttl("/registry/events/no-ttl"), Some(3600), "the directory's keys expire");
-        assert_eq!(ttl("/registry/eventsx/y"), None);
-        assert_eq!(ttl("/registry/pods/p"), None);
+        let deadline = |key| policy.deadline(key).unwrap();
+        assert_eq!(deadline("/registry/events/a"), Some(90), "99 s for sure, rounded down to 30 s granules");
+        assert_eq!(deadline("/registry/events/a2"), Some(90), "a close deadline shares the granule");
+        assert_eq!(deadline("/registry/events/b"), Some(3600), "capped");
+        assert_eq!(deadline("/registry/masterleases/x"), Some(14), "less than a granule: to the second");
+        assert_eq!(deadline("/registry/events/c"), Some(2));
+        assert_eq!(deadline("/registry/events/no-ttl"), Some(3600), "the directory's keys expire");
+        assert_eq!(deadline("/registry/eventsx/y"), None);
+        assert_eq!(deadline("/registry/pods/p"), None);
+        assert_eq!(policy.lease_ttl(90), 84, "granted 5.5 s after the read: 84.5 s left, rounded down");
+        assert_eq!(policy.lease_ttl(2), 1, "ran out while converting: the shortest lease");
     }
 }
