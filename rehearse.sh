@@ -15,6 +15,7 @@ cd "$(dirname "$0")"
 target=${1:-3.7.1}
 source_version=2.2.1
 
+tests/prerequisites.sh
 bin_cache=$(image/fetch-etcd.sh | tail -n 1)
 cargo build --release --quiet
 work="$PWD/target/rehearsal"
