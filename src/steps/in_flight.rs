@@ -21,15 +21,17 @@ impl InFlight {
         InFlight { txns: JoinSet::new(), client: client.clone(), written: 0 }
     }
 
-    /// Starts a transaction of `ops` guarded by `guards`, first waiting for one to finish if
-    /// `MAX_IN_FLIGHT` are on their way. A transaction whose guard fails fails the whole run.
+    /// Starts a transaction of `ops` guarded by `guards`, then, if more than `MAX_IN_FLIGHT` are on their
+    /// way, waits for one to finish: the new one goes out during that wait, so etcd has the next
+    /// transactions queued while the caller prepares more. A transaction whose guard fails fails the
+    /// whole run.
     pub async fn send(&mut self, guards: Vec<ModRevisionIs>, ops: Vec<Op>) -> Result<(), ClientError> {
-        while self.txns.len() >= MAX_IN_FLIGHT {
-            self.complete_one().await?;
-        }
         let client = self.client.clone();
         let count = ops.len();
         self.txns.spawn(async move { client.txn(guards, ops).await.map(|done| (done, count)) });
+        while self.txns.len() > MAX_IN_FLIGHT {
+            self.complete_one().await?;
+        }
         Ok(())
     }
 
