@@ -29,11 +29,11 @@ const DEFAULT_MAX_TXN_OPS: usize = 128;
 pub const RAISED_MAX_TXN_OPS: usize = 1024;
 
 /// About how many bytes of keys and values one page of a range holds.
-const PAGE_BYTES: usize = 1 << 20;
+const PAGE_BYTES: usize = 2 << 20;
 const FIRST_PAGE_KEYS: i64 = 512;
 /// The most keys in one page. Large pages matter before etcd 3.5, which walks its index over the
 /// whole rest of a range for every limited page.
-const MAX_PAGE_KEYS: i64 = 8192;
+const MAX_PAGE_KEYS: i64 = 16_384;
 
 /// The most operations of one kind a transaction may hold on a hidden etcd of a release with `caps`.
 pub fn max_txn_ops(caps: Capabilities) -> usize {
