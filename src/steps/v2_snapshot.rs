@@ -38,7 +38,7 @@ pub async fn open_with_fresh_snapshot(ctx: &Context<'_>, to: EtcdState) -> Resul
     let earlier_records = raft_index_once_capable(&v3, timeout.min(CAPABLE_WITHIN)).await?;
     let lease = v3.lease_grant(60).await?;
     v3.lease_revoke(lease).await?;
-    faults::pause("v2-snapshot-forced");
+    faults::pause_async("v2-snapshot-forced").await;
     let snapshot = wait_for_snapshot(&data_dir.join("member/snap"), earlier_records, timeout).await?;
     ctx.stop(etcd).await?;
     info!(raft_index = earlier_records, snapshot, "v2 snapshot taken past every earlier record");
