@@ -15,6 +15,7 @@ mod seal_v2;
 mod v2_snapshot;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use tracing::info;
 
@@ -129,6 +130,25 @@ pub fn swap_in(ctx: &Context<'_>, journal: &mut Journal, work: &Path) -> Result<
     info!(data_dir = %ctx.data_dir.path().display(), "rebuilt member swapped in");
     faults::pause("member-swapped-in");
     Ok(())
+}
+
+/// Asks `check` every `poll` until it answers `Ok(Ok(_))`, for the steps that wait on etcd: `Ok(Err(seen))`
+/// is "not yet" (what was seen, for the message), `Err` fails at once. Past `timeout`, fails with what
+/// `timed_out` makes of the last thing seen.
+async fn wait_until<T, Seen>(
+    timeout: Duration,
+    poll: Duration,
+    mut check: impl AsyncFnMut() -> Result<Result<T, Seen>, StepError>,
+    timed_out: impl FnOnce(Seen) -> StepError,
+) -> Result<T, StepError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await? {
+            Ok(done) => return Ok(done),
+            Err(seen) if Instant::now() >= deadline => return Err(timed_out(seen)),
+            Err(_) => tokio::time::sleep(poll).await,
+        }
+    }
 }
 
 /// Runs one step to completion. `journal` is the record written for it, which rebuilding steps update.

@@ -14,11 +14,11 @@
 //! A run killed anywhere in between is redone from the start: the current minor opens the data in every
 //! state the step leaves (before the storage version is lowered, the older minor cannot).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::info;
 
-use super::{Context, StepError, keyspace};
+use super::{Context, StepError, keyspace, wait_until};
 use crate::bbolt;
 use crate::client::{TlsFiles, v3};
 use crate::data_dir;
@@ -85,14 +85,13 @@ async fn lower_storage_version(
         info!(target = %target, "downgrade enabled on etcd {source}");
         faults::pause_async("online-downgrade-enabled").await;
     }
-    let deadline = Instant::now() + DOWNGRADE_TIMEOUT;
-    loop {
+    let check = async || {
         let status = etcdctl.storage_status(url, &tls, ETCDCTL_TIMEOUT).await?;
         // Both: a newer member stopped before it raised the storage version leaves it at the target
         // already, while the cluster version its WAL records would still make the older minor refuse.
         let cluster = v3::versions(etcd.endpoint()).await?.cluster;
         if status.storage_version == lowered && cluster == lowered {
-            return Ok(());
+            return Ok(Ok(()));
         }
         if !downgrading_to(&status, &lowered) {
             return Err(StepError::Failed(format!(
@@ -100,14 +99,14 @@ async fn lower_storage_version(
                 status.downgrade
             )));
         }
-        if Instant::now() >= deadline {
-            return Err(StepError::Failed(format!(
-                "etcd {source} did not lower its cluster and storage versions to {lowered} within {DOWNGRADE_TIMEOUT:?} (still {cluster} and {})",
-                status.storage_version
-            )));
-        }
-        tokio::time::sleep(POLL).await;
-    }
+        Ok(Err((cluster, status.storage_version)))
+    };
+    let timed_out = |(cluster, storage)| {
+        StepError::Failed(format!(
+            "etcd {source} did not lower its cluster and storage versions to {lowered} within {DOWNGRADE_TIMEOUT:?} (still {cluster} and {storage})"
+        ))
+    };
+    wait_until(DOWNGRADE_TIMEOUT, POLL, check, timed_out).await
 }
 
 fn downgrading_to(status: &StorageStatus, lowered: &str) -> bool {
@@ -119,18 +118,13 @@ fn downgrading_to(status: &StorageStatus, lowered: &str) -> bool {
 /// read that raced a commit; the caller confirms it on the stopped file.
 async fn wait_for_downgrade_job_end(etcd: &EtcdProcess, version: Version) -> Result<(), StepError> {
     let db = data_dir::db_path(&etcd.spec().data_dir);
-    let deadline = Instant::now() + DOWNGRADE_TIMEOUT;
-    loop {
-        if let Ok(None) = bbolt::downgrade_target(&db) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(StepError::Failed(format!(
-                "etcd {version} did not end the downgrade job within {DOWNGRADE_TIMEOUT:?}"
-            )));
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let check = async || Ok(if let Ok(None) = bbolt::downgrade_target(&db) { Ok(()) } else { Err(()) });
+    let timed_out = |()| {
+        StepError::Failed(format!(
+            "etcd {version} did not end the downgrade job within {DOWNGRADE_TIMEOUT:?}"
+        ))
+    };
+    wait_until(DOWNGRADE_TIMEOUT, POLL, check, timed_out).await
 }
 
 fn unreadable(error: bbolt::BboltError) -> StepError {

@@ -13,11 +13,11 @@
 //! 3. Wait until a v2 snapshot at `R` or later is on disk, then stop.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::info;
 
-use super::{Context, StepError};
+use super::{Context, StepError, wait_until};
 use crate::client::v3::V3Client;
 use crate::faults;
 use crate::version::EtcdState;
@@ -48,34 +48,27 @@ pub async fn open_with_fresh_snapshot(ctx: &Context<'_>, to: EtcdState) -> Resul
 /// The raft index, once etcd serves v3 requests: until the cluster version settles after start, etcd
 /// answers "not capable".
 async fn raft_index_once_capable(v3: &V3Client, timeout: Duration) -> Result<i64, StepError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match v3.raft_index().await {
-            Ok(index) => return Ok(index as i64),
-            Err(e) if Instant::now() >= deadline || !e.to_string().contains("not capable") => {
-                return Err(e.into());
-            }
-            Err(_) => tokio::time::sleep(POLL).await,
-        }
-    }
+    let check = async || match v3.raft_index().await {
+        Ok(index) => Ok(Ok(index as i64)),
+        Err(e) if e.to_string().contains("not capable") => Ok(Err(e)),
+        Err(e) => Err(e.into()),
+    };
+    wait_until(timeout, POLL, check, StepError::from).await
 }
 
 /// Waits until `snap_dir` holds a v2 snapshot (`<term>-<index>.snap`, hex) at `index` or later.
 async fn wait_for_snapshot(snap_dir: &Path, index: i64, timeout: Duration) -> Result<i64, StepError> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let check = async || {
         let newest = newest_snapshot(snap_dir)
             .map_err(|source| StepError::Io { context: format!("listing {}", snap_dir.display()), source })?;
-        if let Some(newest) = newest.filter(|&newest| newest >= index) {
-            return Ok(newest);
-        }
-        if Instant::now() >= deadline {
-            return Err(StepError::Failed(format!(
-                "etcd wrote no v2 snapshot at raft index {index} or later within {timeout:?} (newest: {newest:?})"
-            )));
-        }
-        tokio::time::sleep(POLL).await;
-    }
+        Ok(newest.filter(|&newest| newest >= index).ok_or(newest))
+    };
+    let timed_out = |newest| {
+        StepError::Failed(format!(
+            "etcd wrote no v2 snapshot at raft index {index} or later within {timeout:?} (newest: {newest:?})"
+        ))
+    };
+    wait_until(timeout, POLL, check, timed_out).await
 }
 
 /// The raft index of the newest v2 snapshot file in `snap_dir`.
