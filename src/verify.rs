@@ -15,6 +15,18 @@ use crate::client::ClientError;
 use crate::client::v3::{KeyValue, Read, V3Client, prefix_end};
 use crate::progress::{Progress, Unit};
 
+/// The SHA-256 of one key and value, which the digest sums.
+pub type PairHash = [u8; 32];
+
+pub fn pair_hash(key: &[u8], value: &[u8]) -> PairHash {
+    let mut hasher = Sha256::new();
+    for part in [key, value] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
 #[derive(Clone, Default)]
 pub struct KeyDigest {
     count: u64,
@@ -35,21 +47,34 @@ impl KeyDigest {
     }
 
     pub fn add(&mut self, key: &[u8], value: &[u8]) {
-        let mut hasher = Sha256::new();
-        for part in [key, value] {
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part);
-        }
-        let hash = hasher.finalize();
+        self.add_hash(&pair_hash(key, value));
+    }
+
+    /// Adds a pair by its [`pair_hash`].
+    pub fn add_hash(&mut self, hash: &PairHash) {
+        let words =
+            std::array::from_fn(|i| u64::from_le_bytes(hash[i * 8..i * 8 + 8].try_into().expect("8 bytes")));
+        self.add_sum(&words, 1);
+    }
+
+    /// Adds every pair `other` holds.
+    pub fn add_all(&mut self, other: &KeyDigest) {
+        self.add_sum(&other.sum, other.count);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    fn add_sum(&mut self, sum: &[u64; 4], count: u64) {
         let mut carry = 0u64;
-        for (i, limb) in self.sum.iter_mut().enumerate() {
-            let word = u64::from_le_bytes(hash[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-            let (partial, overflow_a) = limb.overflowing_add(word);
+        for (limb, word) in self.sum.iter_mut().zip(sum) {
+            let (partial, overflow_a) = limb.overflowing_add(*word);
             let (total, overflow_b) = partial.overflowing_add(carry);
             *limb = total;
             carry = u64::from(overflow_a) + u64::from(overflow_b);
         }
-        self.count += 1;
+        self.count += count;
     }
 
     pub fn finish(&self) -> Summary {
@@ -74,6 +99,18 @@ pub async fn v3_summary(
     like_v2: bool,
     expected: Option<u64>,
 ) -> Result<Summary, ClientError> {
+    Ok(v3_digest(client, prefix, like_v2, &[], expected).await?.0.finish())
+}
+
+/// [`v3_summary`]'s digest, still open, and the revision it was read at; the range is read in parts cut
+/// at `splits` (see [`V3Client::for_each_page_split`]).
+pub async fn v3_digest(
+    client: &V3Client,
+    prefix: &str,
+    like_v2: bool,
+    splits: &[Vec<u8>],
+    expected: Option<u64>,
+) -> Result<(KeyDigest, i64), ClientError> {
     let (start, end) = if prefix.is_empty() {
         (vec![0], vec![0])
     } else {
@@ -81,8 +118,8 @@ pub async fn v3_summary(
     };
     let mut digest = KeyDigest::new();
     let progress = Progress::start("verifying", Unit::Keys, expected);
-    client
-        .for_each_page(&start, &end, Read::WithValues, async |kvs| {
+    let revision = client
+        .for_each_page_split(&start, &end, splits, Read::WithValues, async |kvs| {
             progress.add(kvs.len() as u64);
             for kv in kvs {
                 if !(like_v2 && hidden_from_v2(&kv.key[prefix.len()..])) {
@@ -92,7 +129,7 @@ pub async fn v3_summary(
             Ok::<(), ClientError>(())
         })
         .await?;
-    Ok(digest.finish())
+    Ok((digest, revision))
 }
 
 /// What a keyspace holds: every key and value, and which keys share a lease.
@@ -178,5 +215,20 @@ mod tests {
             assert_ne!(digest(&changed), summary, "{changed:?}");
         }
         assert_ne!(digest(&[("/ab", "c")]), digest(&[("/a", "bc")]), "lengths keep key and value apart");
+    }
+
+    #[test]
+    fn digests_of_parts_add_up_to_the_digest_of_the_whole() {
+        let pairs: Vec<(String, String)> = (0..1000).map(|i| (format!("/k{i}"), "v".repeat(i % 7))).collect();
+        let mut whole = KeyDigest::new();
+        let (mut even, mut odd) = (KeyDigest::new(), KeyDigest::new());
+        for (i, (key, value)) in pairs.iter().enumerate() {
+            whole.add(key.as_bytes(), value.as_bytes());
+            let part = if i % 2 == 0 { &mut even } else { &mut odd };
+            part.add_hash(&pair_hash(key.as_bytes(), value.as_bytes()));
+        }
+        even.add_all(&odd);
+        assert_eq!(even.finish(), whole.finish());
+        assert_eq!(even.count(), 1000);
     }
 }

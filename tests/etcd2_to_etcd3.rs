@@ -4,6 +4,8 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use etcd_migrate::backup;
 use etcd_migrate::client::v2::V2Client;
@@ -117,6 +119,47 @@ fn a_run_killed_right_after_etcdctl_migrate_recovers_from_the_backup() {
     assert!(stderr(&output).contains("restored the data from before the unfinished conversion"));
     check_converted(&data, &peer, &keys);
     assert!(!data.join(".etcd-migrate/journal.json").exists());
+}
+
+/// A Kubernetes cluster's events expire all the time, while it converts too: a key read from v2 whose
+/// time is up before its lease is attached is deleted, and a key etcd expires meanwhile is not taken
+/// for a lost one. Before, either failed the conversion's proof on every attempt.
+#[test]
+fn keys_whose_time_runs_out_during_the_conversion_are_gone_and_the_rest_is_kept() {
+    const TTL: u64 = 20;
+    let dir = TempDir::new("etcd2-expiring");
+    let data = dir.join("data");
+    let peer = format!("http://localhost:{}", free_port());
+    let keys = etcd2_fixture();
+    let mut with_soon = keys.clone();
+    for i in 0..5 {
+        with_soon
+            .insert(format!("/registry/events/soon-{i}"), (format!("{{\"soon\":{i}}}"), Some(TTL as i64)));
+    }
+    write_etcd2_data(&data, &peer, &with_soon);
+    let written = Instant::now();
+
+    let mut migrator = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]);
+    migrator.command.stderr(Stdio::piped());
+    // Held after the v2 read until the keys' time is up, so that etcd expires them from the v2 store
+    // before `etcdctl migrate` copies it (or, if its next expiry sweep comes too late for that, the
+    // conversion deletes them rather than put them on a lease).
+    let pause = Pause::at("v2-data-read");
+    let child = pause.spawn_paused(migrator);
+    while written.elapsed() < Duration::from_secs(TTL + 2) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pause.release();
+    let output = child.wait_with_output().unwrap();
+    let log = stderr(&output);
+    assert!(output.status.success(), "{log}");
+    let line = |marker: &str| log.lines().find(|line| line.contains(marker)).unwrap_or_default().to_string();
+    assert!(
+        line("read the v2 data").contains(&format!("keys={}", with_soon.len())),
+        "the short-lived keys were read alive: {log}"
+    );
+    assert!(line("leases attached").contains("expired=5"), "{log}");
+    check_converted(&data, &peer, &keys);
 }
 
 #[test]

@@ -20,6 +20,8 @@ pub struct V2Key {
     pub value: String,
     /// Remaining seconds, for a key that expires.
     pub ttl: Option<i64>,
+    /// The store index of the key's last write: `etcdctl migrate` makes it the v3 mod revision.
+    pub modified_index: i64,
 }
 
 /// Walks a v2 JSON response (`{"node": {..., "nodes": [...]}}`) calling back for each leaf as it is
@@ -73,13 +75,14 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let (mut key, mut value, mut ttl, mut dir) = (None, None, None, false);
+        let (mut key, mut value, mut ttl, mut dir, mut modified_index) = (None, None, None, false, 0);
         while let Some(field) = map.next_key::<Cow<'de, str>>()? {
             match field.as_ref() {
                 "key" => key = Some(map.next_value::<String>()?),
                 "value" => value = map.next_value::<Option<String>>()?,
                 "ttl" => ttl = map.next_value::<Option<i64>>()?,
                 "dir" => dir = map.next_value::<bool>()?,
+                "modifiedIndex" => modified_index = map.next_value::<i64>()?,
                 "nodes" => map.next_value_seed(NodesSeed(&mut *self.0))?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -87,7 +90,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
             }
         }
         if let (false, Some(key)) = (dir, key) {
-            (self.0)(V2Key { key, value: value.unwrap_or_default(), ttl });
+            (self.0)(V2Key { key, value: value.unwrap_or_default(), ttl, modified_index });
         }
         Ok(())
     }
@@ -320,16 +323,19 @@ mod tests {
     fn walks_a_tree_to_its_leaves() {
         let json = r#"{"action":"get","node":{"key":"/r","dir":true,"nodes":[
             {"key":"/r/a","value":"1","modifiedIndex":4},
-            {"key":"/r/d","dir":true,"nodes":[{"key":"/r/d/e","value":"2","ttl":30,"expiration":"x"}]},
+            {"key":"/r/d","dir":true,"nodes":[{"key":"/r/d/e","value":"2","ttl":30,"expiration":"x","modifiedIndex":9}]},
             {"key":"/r/empty","dir":true}]}}"#;
         let mut leaves = Vec::new();
         let mut deserializer = serde_json::Deserializer::from_str(json);
-        ResponseSeed(&mut |leaf| leaves.push((leaf.key, leaf.value, leaf.ttl)))
+        ResponseSeed(&mut |leaf| leaves.push((leaf.key, leaf.value, leaf.ttl, leaf.modified_index)))
             .deserialize(&mut deserializer)
             .unwrap();
         assert_eq!(
             leaves,
-            [("/r/a".to_string(), "1".to_string(), None), ("/r/d/e".to_string(), "2".to_string(), Some(30))]
+            [
+                ("/r/a".to_string(), "1".to_string(), None, 4),
+                ("/r/d/e".to_string(), "2".to_string(), Some(30), 9)
+            ]
         );
     }
 }

@@ -1,10 +1,11 @@
 //! etcd2 → etcd3: the one step that rewrites the data dir in place, so the most careful one.
 //!
 //! 1. Start etcd on the v2 data; read every key and value under the data prefix through the v2 API
-//!    (count + digest) and every remaining TTL.
+//!    (count + digest), noting each key that expires, with its deadline, in a work file.
 //! 2. Stop it; `etcdctl migrate` copies the v2 store into the v3 store (dropping TTLs).
-//! 3. Start etcd again; reattach expiring keys to leases; read every key through v3 and compare count
-//!    and digest with step 1: a difference fails the step, and the next run restores the backup.
+//! 3. Start etcd again; put the noted keys on leases; read every key through v3 and compare count and
+//!    digest with step 1, where a noted key whose time is up may be gone (etcd expires v2 keys while it
+//!    runs): any other difference fails the step, and the next run restores the backup.
 //! 4. Delete the stale v2 copy under the prefix (etcd keeps it in its WAL and serves it; etcd 3.6 refuses
 //!    data with v2 content). The backup taken before this step keeps it.
 //!
@@ -15,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
+use super::expiring::{self, ExpiringKeys};
 use super::leases::{self, LeasePolicy};
-use super::remaining_ttls::Collector;
 use super::{Context, StepError};
 use crate::backup;
 use crate::client::v2::V2Client;
@@ -25,8 +26,13 @@ use crate::etcdctl::Etcdctl;
 use crate::faults;
 use crate::journal::Journal;
 use crate::progress::{Progress, Unit};
+use crate::release;
 use crate::verify::{self, KeyDigest};
 use crate::version::{Storage, Version};
+
+/// One v2 key in this many is noted as a place to cut the v3 read of the verification, so that etcd
+/// before 3.5 walks its index over a few thousand keys per page, not over the rest of the store.
+const SPLIT_EVERY: u64 = 4096;
 
 /// `etcdctl migrate` reads the whole WAL; give it long enough for a large store.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -41,27 +47,38 @@ pub async fn run(ctx: &Context<'_>, at: Version, journal: &mut Journal) -> Resul
     };
 
     let etcd = ctx.start_healthy(at, Storage::Etcd2, data_dir).await?;
+    let with_values = !release::capabilities(at).put_ignore_value;
+    let mut expiring = expiring::Writer::create(&work, with_values).map_err(io("noting expiring keys"))?;
     let mut source = KeyDigest::new();
-    let mut remaining = Collector::create(&work).map_err(io("keeping TTLs"))?;
+    let mut splits = Vec::new();
     let mut written = Ok(());
     let progress = Progress::start("reading the v2 data", Unit::Keys, None);
-    let read_sent = Instant::now();
+    let policy = LeasePolicy {
+        ttl_directory: &ctx.config.ttl_keys_directory,
+        read_sent: Instant::now(),
+        cap: ctx.config.ttl_lease_duration,
+    };
     V2Client::new(etcd.endpoint().clone())
         .for_each_leaf(&prefix, &mut |leaf| {
             progress.add(1);
             source.add(leaf.key.as_bytes(), leaf.value.as_bytes());
-            if let Some(ttl) = leaf.ttl
+            if source.count().is_multiple_of(SPLIT_EVERY) {
+                splits.push(leaf.key.as_bytes().to_vec());
+            }
+            if let Some(deadline) = policy.deadline(&leaf.key, leaf.ttl)
                 && written.is_ok()
             {
-                written = remaining.insert(&leaf.key, ttl);
+                written =
+                    expiring.push(leaf.key.as_bytes(), leaf.value.as_bytes(), leaf.modified_index, deadline);
             }
         })
         .await?;
     drop(progress);
-    written.map_err(io("keeping TTLs"))?;
+    written.map_err(io("noting expiring keys"))?;
+    let expiring = expiring.finish().map_err(io("noting expiring keys"))?;
     let source = source.finish();
-    let remaining = remaining.finish().map_err(io("indexing TTLs"))?;
-    info!(keys = source.count, digest = %source.digest, with_ttl = remaining.len(), "read the v2 data");
+    info!(keys = source.count, digest = %source.digest, expiring = expiring.len(), "read the v2 data");
+    faults::pause_async("v2-data-read").await;
     ctx.stop(etcd).await?;
 
     let progress =
@@ -74,22 +91,48 @@ pub async fn run(ctx: &Context<'_>, at: Version, journal: &mut Journal) -> Resul
 
     let etcd = ctx.start_healthy(at, Storage::Etcd2, data_dir).await?;
     let v3 = V3Client::connect(etcd.endpoint().clone()).await?;
+    leases::attach(&v3, &expiring, &policy).await?;
     let directory = format!("{prefix}/");
-    let policy = LeasePolicy {
-        ttl_directory: &ctx.config.ttl_keys_directory,
-        remaining: &remaining,
-        read_sent,
-        cap: ctx.config.ttl_lease_duration,
-    };
-    leases::attach(&v3, &directory, &policy, source.count).await?;
-    let converted = verify::v3_summary(&v3, &directory, true, Some(source.count)).await?;
-    info!(keys = converted.count, digest = %converted.digest, "read the v3 data");
+    let (mut converted, revision) =
+        verify::v3_digest(&v3, &directory, true, &splits, Some(source.count)).await?;
+    let expired = expired_keys_gone(&v3, &expiring, &policy, revision).await?;
+    info!(keys = converted.count(), expired = expired.count(), "read the v3 data");
+    converted.add_all(&expired);
+    let converted = converted.finish();
     if converted != source {
         return Err(StepError::Lost { before: source, after: converted });
     }
     V2Client::new(etcd.endpoint().clone()).delete_tree(&prefix).await?;
     info!(prefix = %prefix, "removed the stale v2 copy (the backup keeps it)");
     ctx.stop(etcd).await
+}
+
+/// The expiring keys that are gone at `revision` (each one whose time was up, or nearly: deleted by
+/// [`leases::attach`], or expired by etcd since the v2 read), so that the proof counts them as they were
+/// read from v2; a key gone before its time is not among them, and the proof fails.
+async fn expired_keys_gone(
+    v3: &V3Client,
+    expiring: &ExpiringKeys,
+    policy: &LeasePolicy<'_>,
+    revision: i64,
+) -> Result<KeyDigest, StepError> {
+    let read_error = |source| StepError::Io { context: "reading the expiring keys".into(), source };
+    let mut expired = Vec::new();
+    for entry in expiring.read().map_err(read_error)? {
+        let entry = entry.map_err(read_error)?;
+        if policy.expired(entry.deadline) {
+            expired.push((entry.key, entry.pair_hash));
+        }
+    }
+    let keys: Vec<Vec<u8>> = expired.iter().map(|(key, _)| key.clone()).collect();
+    let exist = v3.exist_at(&keys, revision).await?;
+    let mut gone = KeyDigest::new();
+    for ((_, pair_hash), exists) in expired.iter().zip(exist) {
+        if !exists {
+            gone.add_hash(pair_hash);
+        }
+    }
+    Ok(gone)
 }
 
 /// A conversion that died: restore the backup taken just before it, so the step starts over on the

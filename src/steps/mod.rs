@@ -4,12 +4,12 @@
 mod convert;
 mod downgrade;
 mod dump;
+mod expiring;
 mod in_flight;
 mod in_place;
 mod leases;
 mod logical_copy;
 mod online_downgrade;
-mod remaining_ttls;
 mod rollback;
 mod seal_v2;
 mod v2_snapshot;
