@@ -61,15 +61,16 @@ pub async fn run(ctx: &Context<'_>, at: Version, journal: &mut Journal) -> Resul
     V2Client::new(etcd.endpoint().clone())
         .for_each_leaf(&prefix, &mut |leaf| {
             progress.add(1);
-            source.add(leaf.key.as_bytes(), leaf.value.as_bytes());
+            let (key, value) = (leaf.key.as_bytes(), leaf.value.as_bytes());
+            let pair_hash = verify::pair_hash(key, value);
+            source.add_hash(&pair_hash);
             if source.count().is_multiple_of(SPLIT_EVERY) {
-                splits.push(leaf.key.as_bytes().to_vec());
+                splits.push(key.to_vec());
             }
             if let Some(deadline) = policy.deadline(&leaf.key, leaf.ttl)
                 && written.is_ok()
             {
-                written =
-                    expiring.push(leaf.key.as_bytes(), leaf.value.as_bytes(), leaf.modified_index, deadline);
+                written = expiring.push(key, value, leaf.modified_index, deadline, &pair_hash);
             }
         })
         .await?;

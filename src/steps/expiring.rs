@@ -56,12 +56,19 @@ impl Writer {
         })
     }
 
-    pub fn push(&mut self, key: &[u8], value: &[u8], mod_revision: i64, deadline: u64) -> io::Result<()> {
-        let pair_hash = crate::verify::pair_hash(key, value);
+    /// Notes `key` with its `value` and that pair's hash.
+    pub fn push(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        mod_revision: i64,
+        deadline: u64,
+        pair_hash: &PairHash,
+    ) -> io::Result<()> {
         write_bytes(&mut self.file, key)?;
         self.file.write_all(&mod_revision.to_le_bytes())?;
         self.file.write_all(&deadline.to_le_bytes())?;
-        self.file.write_all(&pair_hash)?;
+        self.file.write_all(pair_hash)?;
         if self.with_values {
             write_bytes(&mut self.file, value)?;
         }
@@ -119,15 +126,20 @@ fn read_bytes(file: &mut impl Read) -> io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verify::pair_hash;
 
     fn written(with_values: bool) -> (tempfile::TempDir, ExpiringKeys) {
         let temp = tempfile::tempdir().unwrap();
         let mut writer = Writer::create(temp.path(), with_values).unwrap();
         for i in 0..10_000u64 {
             let key = format!("/registry/events/ns/e{i}");
-            writer.push(key.as_bytes(), format!("v{i}").as_bytes(), i as i64 + 7, i % 3600).unwrap();
+            let value = format!("v{i}");
+            let hash = pair_hash(key.as_bytes(), value.as_bytes());
+            writer.push(key.as_bytes(), value.as_bytes(), i as i64 + 7, i % 3600, &hash).unwrap();
         }
-        writer.push(b"/registry/events/empty", b"", 3, 0).unwrap();
+        writer
+            .push(b"/registry/events/empty", b"", 3, 0, &pair_hash(b"/registry/events/empty", b""))
+            .unwrap();
         let keys = writer.finish().unwrap();
         (temp, keys)
     }
@@ -143,7 +155,7 @@ mod tests {
                 let (key, value) = (format!("/registry/events/ns/e{i}"), format!("v{i}"));
                 assert_eq!(entry.key, key.as_bytes());
                 assert_eq!((entry.mod_revision, entry.deadline), (i as i64 + 7, i as u64 % 3600));
-                assert_eq!(entry.pair_hash, crate::verify::pair_hash(key.as_bytes(), value.as_bytes()));
+                assert_eq!(entry.pair_hash, pair_hash(key.as_bytes(), value.as_bytes()));
                 assert_eq!(entry.value, with_values.then(|| value.into_bytes()));
             }
             assert_eq!(read[10_000].value, with_values.then(Vec::new), "an empty value is kept as empty");
