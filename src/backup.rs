@@ -11,9 +11,9 @@
 //! cannot happen, because retention never touches the newest.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, mpsc};
@@ -447,17 +447,29 @@ fn create_for_direct_writes(path: &Path, mode: u32) -> io::Result<File> {
 /// block is full but the last, whose length direct I/O may not take: that one is written through the
 /// page cache.
 fn write_blocks(
-    mut output: File,
+    output: File,
     path: &Path,
     blocks: mpsc::Receiver<(Block, usize)>,
     spare: mpsc::SyncSender<Block>,
     progress: &Progress,
 ) -> Result<(), BackupError> {
+    let mut offset = 0u64;
     for (block, n) in blocks {
         if n % DIRECT_ALIGN != 0 {
             end_direct_writes(&output).map_err(io_error(path))?;
         }
-        output.write_all(&block.as_slice()[..n]).map_err(io_error(path))?;
+        let bytes = &block.as_slice()[..n];
+        match output.write_all_at(bytes, offset) {
+            // A filesystem that takes the flag but not the write (a block size over `DIRECT_ALIGN`): the
+            // rest of the file goes through the page cache. Positioned, so the retry rewrites the same bytes.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                end_direct_writes(&output).map_err(io_error(path))?;
+                output.write_all_at(bytes, offset)
+            }
+            written => written,
+        }
+        .map_err(io_error(path))?;
+        offset += n as u64;
         progress.add(n as u64);
         let _ = spare.send(block);
     }
