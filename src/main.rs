@@ -14,6 +14,7 @@ use etcd_migrate::multicall::{self, Action};
 use etcd_migrate::{exec, logging, migrate, report};
 
 fn main() -> ExitCode {
+    one_malloc_arena();
     let mut argv = std::env::args_os();
     let argv0 = argv.next().unwrap_or_default();
     let args: Vec<OsString> = argv.collect();
@@ -56,6 +57,18 @@ fn main() -> ExitCode {
             error!("{message}");
             ExitCode::from(code)
         }
+    }
+}
+
+/// glibc gives each thread that allocates under contention an arena of its own, which keeps what it
+/// freed: the short-lived threads of a run (copying a backup, parsing a v2 listing, logging progress)
+/// held a few megabytes apiece past their work (measured on a million-key conversion: a peak of 16.0 MiB,
+/// 13.5 MiB with one arena, in the same time). One arena serves a migrator that allocates little.
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a parameter of the allocator; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
