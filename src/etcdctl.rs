@@ -72,7 +72,7 @@ impl Etcdctl {
         self.run_watched(args, timeout, None).await
     }
 
-    /// [`Etcdctl::run`], with the bytes etcdctl has read so far (`rchar` of `/proc/<pid>/io`) kept in
+    /// [`Etcdctl::run`], with the bytes etcdctl has read and written so far (`/proc/<pid>/io`) kept in
     /// `progress` if given.
     async fn run_watched(
         &self,
@@ -100,8 +100,8 @@ impl Etcdctl {
             let (Some(progress), Some(io)) = (progress, io) else { return std::future::pending().await };
             loop {
                 tokio::time::sleep(WATCH_EVERY).await;
-                if let Some(read) = read_chars(&io) {
-                    progress.set(read);
+                if let Some(moved) = bytes_read_and_written(&io) {
+                    progress.set(moved);
                 }
             }
         };
@@ -132,7 +132,8 @@ impl Etcdctl {
     }
 
     /// `etcdctl migrate`: copies the v2 store of a stopped member into its v3 store (TTLs are dropped).
-    /// `progress` follows the bytes it reads (the WAL and snapshots, then the new backend).
+    /// `progress` follows the bytes it reads (the newest v2 snapshot and the WAL) and writes (the new
+    /// backend, about twice the snapshot, rewritten pages and all): how many in all is not known ahead.
     pub async fn migrate(
         &self,
         data_dir: &Path,
@@ -234,10 +235,13 @@ fn client_args(endpoint: &str, tls: &TlsFiles) -> Vec<String> {
 /// How often a watched etcdctl's reads are sampled.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
-/// `rchar` (bytes read, cache or not) of a process, from its `/proc/<pid>/io`.
-fn read_chars(io: &Path) -> Option<u64> {
+/// `rchar` + `wchar` (bytes read and written, cache or not) of a process, from its `/proc/<pid>/io`.
+fn bytes_read_and_written(io: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(io).ok()?;
-    text.lines().find_map(|line| line.strip_prefix("rchar:")).and_then(|n| n.trim().parse().ok())
+    let count = |field: &str| -> Option<u64> {
+        text.lines().find_map(|line| line.strip_prefix(field)).and_then(|n| n.trim().parse().ok())
+    };
+    Some(count("rchar:")? + count("wchar:")?)
 }
 
 async fn read_all(stream: Option<impl AsyncRead + Unpin>) -> std::io::Result<Vec<u8>> {

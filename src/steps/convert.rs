@@ -82,8 +82,7 @@ pub async fn run(ctx: &Context<'_>, at: Version, journal: &mut Journal) -> Resul
     faults::pause_async("v2-data-read").await;
     ctx.stop(etcd).await?;
 
-    let progress =
-        Progress::start("etcdctl migrate (bytes read)", Unit::Bytes, Some(backup::size_of(data_dir)?));
+    let progress = Progress::start("etcdctl migrate (bytes read and written)", Unit::Bytes, None);
     let output =
         Etcdctl::new(ctx.config.etcdctl_binary(at), at).migrate(data_dir, MIGRATE_TIMEOUT, &progress).await?;
     drop(progress);
