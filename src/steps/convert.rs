@@ -34,6 +34,9 @@ use crate::version::{Storage, Version};
 /// before 3.5 walks its index over a few thousand keys per page, not over the rest of the store.
 const SPLIT_EVERY: u64 = 4096;
 
+/// Expired keys asked about at once: memory stays flat even when every key's time is up.
+const EXISTENCE_BATCH: usize = 4096;
+
 /// `etcdctl migrate` reads the whole WAL; give it long enough for a large store.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
@@ -117,22 +120,29 @@ async fn expired_keys_gone(
     revision: i64,
 ) -> Result<KeyDigest, StepError> {
     let read_error = |source| StepError::Io { context: "reading the expiring keys".into(), source };
-    let mut expired = Vec::new();
-    for entry in expiring.read().map_err(read_error)? {
-        let entry = entry.map_err(read_error)?;
-        if policy.expired(entry.deadline) {
-            expired.push((entry.key, entry.pair_hash));
-        }
-    }
-    let keys: Vec<Vec<u8>> = expired.iter().map(|(key, _)| key.clone()).collect();
-    let exist = v3.exist_at(&keys, revision).await?;
     let mut gone = KeyDigest::new();
-    for ((_, pair_hash), exists) in expired.iter().zip(exist) {
-        if !exists {
-            gone.add_hash(pair_hash);
+    let (mut keys, mut hashes) = (Vec::new(), Vec::new());
+    let mut entries = expiring.read().map_err(read_error)?;
+    loop {
+        let entry = entries.next().transpose().map_err(read_error)?;
+        let done = entry.is_none();
+        if let Some(entry) = entry.filter(|entry| policy.expired(entry.deadline)) {
+            keys.push(entry.key);
+            hashes.push(entry.pair_hash);
+        }
+        if keys.len() == EXISTENCE_BATCH || (done && !keys.is_empty()) {
+            let exist = v3.exist_at(&keys, revision).await?;
+            for (hash, exists) in hashes.drain(..).zip(exist) {
+                if !exists {
+                    gone.add_hash(&hash);
+                }
+            }
+            keys.clear();
+        }
+        if done {
+            return Ok(gone);
         }
     }
-    Ok(gone)
 }
 
 /// A conversion that died: restore the backup taken just before it, so the step starts over on the
