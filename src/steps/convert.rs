@@ -119,12 +119,11 @@ async fn expired_keys_gone(
     policy: &LeasePolicy<'_>,
     revision: i64,
 ) -> Result<KeyDigest, StepError> {
-    let read_error = |source| StepError::Io { context: "reading the expiring keys".into(), source };
     let mut gone = KeyDigest::new();
     let (mut keys, mut hashes) = (Vec::new(), Vec::new());
-    let mut entries = expiring.read().map_err(read_error)?;
+    let mut entries = expiring.read()?;
     loop {
-        let entry = entries.next().transpose().map_err(read_error)?;
+        let entry = entries.next().transpose()?;
         let done = entry.is_none();
         if let Some(entry) = entry.filter(|entry| policy.expired(entry.deadline)) {
             keys.push(entry.key);

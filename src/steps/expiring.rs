@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use super::StepError;
 use crate::verify::PairHash;
 
 const BUFFER: usize = 256 << 10;
@@ -95,11 +96,15 @@ impl ExpiringKeys {
     }
 
     /// Every key, in the order written.
-    pub fn read(&self) -> io::Result<impl Iterator<Item = io::Result<ExpiringKey>> + use<>> {
-        let mut file = BufReader::with_capacity(BUFFER, File::open(&self.path)?);
+    pub fn read(&self) -> Result<impl Iterator<Item = Result<ExpiringKey, StepError>> + use<>, StepError> {
+        let mut file = BufReader::with_capacity(BUFFER, File::open(&self.path).map_err(read_error)?);
         let with_values = self.with_values;
-        Ok((0..self.count).map(move |_| read_one(&mut file, with_values)))
+        Ok((0..self.count).map(move |_| read_one(&mut file, with_values).map_err(read_error)))
     }
+}
+
+fn read_error(source: io::Error) -> StepError {
+    StepError::Io { context: "reading the expiring keys".into(), source }
 }
 
 fn read_one(file: &mut impl Read, with_values: bool) -> io::Result<ExpiringKey> {
@@ -149,7 +154,7 @@ mod tests {
         for with_values in [false, true] {
             let (_temp, keys) = written(with_values);
             assert_eq!(keys.len(), 10_001);
-            let read: Vec<ExpiringKey> = keys.read().unwrap().collect::<io::Result<_>>().unwrap();
+            let read: Vec<ExpiringKey> = keys.read().unwrap().collect::<Result<_, _>>().unwrap();
             assert_eq!(read.len(), 10_001);
             for (i, entry) in read.iter().take(10_000).enumerate() {
                 let (key, value) = (format!("/registry/events/ns/e{i}"), format!("v{i}"));
@@ -169,6 +174,7 @@ mod tests {
         let len = std::fs::metadata(&path).unwrap().len();
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 5).unwrap();
         let last = keys.read().unwrap().last().unwrap();
-        assert_eq!(last.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        let Err(StepError::Io { source, .. }) = last else { panic!("{last:?}") };
+        assert_eq!(source.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

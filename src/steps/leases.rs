@@ -60,11 +60,16 @@ impl LeasePolicy<'_> {
         let deadline = match ttl {
             // v2 reports what is left rounded up to a whole second: a second less never outlives the key.
             Some(ttl) => (ttl.max(1) as u64 - 1).min(cap),
-            None if key.starts_with(&format!("{}/", self.ttl_directory.trim_end_matches('/'))) => cap,
+            None if self.in_ttl_directory(key) => cap,
             None => return None,
         };
         let granule = self.granule();
         Some(if deadline < granule { deadline } else { deadline / granule * granule })
+    }
+
+    /// Whether `key` is under the TTL directory (checked for every key read, so without allocating).
+    fn in_ttl_directory(&self, key: &str) -> bool {
+        key.strip_prefix(self.ttl_directory.trim_end_matches('/')).is_some_and(|rest| rest.starts_with('/'))
     }
 
     /// What is left until `deadline`.
@@ -99,9 +104,8 @@ pub async fn attach(
     let started = Instant::now();
     let progress = Progress::start("attaching leases", Unit::Keys, Some(expiring.len()));
     let (mut guards, mut ops) = (Vec::new(), Vec::new());
-    let read_error = |source| StepError::Io { context: "reading the expiring keys".into(), source };
-    for entry in expiring.read().map_err(read_error)? {
-        let entry = entry.map_err(read_error)?;
+    for entry in expiring.read()? {
+        let entry = entry?;
         progress.add(1);
         if policy.expired(entry.deadline) {
             expired += 1;
