@@ -12,7 +12,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::client::ClientError;
-use crate::client::v3::{KeyValue, Read, V3Client, prefix_end};
+use crate::client::v3::{KeyValue, V3Client, prefix_end};
 use crate::progress::{Progress, Unit};
 
 /// The SHA-256 of one key and value, which the digest sums.
@@ -119,7 +119,7 @@ pub async fn v3_digest(
     let mut digest = KeyDigest::new();
     let progress = Progress::start("verifying", Unit::Keys, expected);
     let revision = client
-        .for_each_page_split(&start, &end, splits, Read::WithValues, async |kvs| {
+        .for_each_page_split(&start, &end, splits, async |kvs| {
             progress.add(kvs.len() as u64);
             for kv in kvs {
                 if !(like_v2 && hidden_from_v2(&kv.key[prefix.len()..])) {
@@ -169,7 +169,7 @@ pub async fn contents(client: &V3Client, expected: Option<u64>) -> Result<Conten
     let mut digest = ContentsDigest::default();
     let progress = Progress::start("verifying", Unit::Keys, expected);
     client
-        .for_each_page(&[0], &[0], Read::WithValues, async |kvs| {
+        .for_each_page(&[0], &[0], async |kvs| {
             progress.add(kvs.len() as u64);
             kvs.iter().for_each(|kv| digest.add(kv));
             Ok::<(), ClientError>(())

@@ -87,13 +87,6 @@ pub enum Op {
     },
 }
 
-/// Whether a range read brings the values or only keys, leases and revisions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Read {
-    KeysOnly,
-    WithValues,
-}
-
 /// A transaction condition: the key's mod revision equals `mod_revision`.
 #[derive(Debug, Clone)]
 pub struct ModRevisionIs {
@@ -203,13 +196,12 @@ impl V3Client {
         &self,
         start: &[u8],
         range_end: &[u8],
-        read: Read,
         each: impl AsyncFnMut(Vec<KeyValue>) -> Result<(), E>,
     ) -> Result<i64, E>
     where
         E: From<ClientError>,
     {
-        self.for_each_page_split(start, range_end, &[], read, each).await
+        self.for_each_page_split(start, range_end, &[], each).await
     }
 
     /// [`for_each_page`](Self::for_each_page), with the range read as consecutive parts cut at `splits`
@@ -221,7 +213,6 @@ impl V3Client {
         start: &[u8],
         range_end: &[u8],
         splits: &[Vec<u8>],
-        read: Read,
         mut each: impl AsyncFnMut(Vec<KeyValue>) -> Result<(), E>,
     ) -> Result<i64, E>
     where
@@ -229,7 +220,7 @@ impl V3Client {
     {
         let (pages, mut next) = mpsc::channel(1);
         let mut reader = JoinSet::new();
-        reader.spawn(self.clone().read_pages(ranges(start, range_end, splits), read, pages));
+        reader.spawn(self.clone().read_pages(ranges(start, range_end, splits), pages));
         let mut revision = 0;
         while let Some(page) = next.recv().await {
             let kvs;
@@ -246,18 +237,14 @@ impl V3Client {
     async fn read_pages(
         self,
         ranges: Vec<(Vec<u8>, Vec<u8>)>,
-        read: Read,
         pages: mpsc::Sender<Result<Page, ClientError>>,
     ) {
         let mut revision = 0;
         let mut limit = FIRST_PAGE_KEYS;
         for (mut key, range_end) in ranges {
             loop {
-                let mut options =
+                let options =
                     GetOptions::new().with_range(range_end.clone()).with_limit(limit).with_revision(revision);
-                if read == Read::KeysOnly {
-                    options = options.with_keys_only();
-                }
                 let mut response = match self.kv.clone().get(key.clone(), Some(options)).await {
                     Ok(response) => response,
                     Err(e) => {

@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::StepError;
-use crate::client::v3::{KeyValue, Read, V3Client};
+use crate::client::v3::{KeyValue, V3Client};
 use crate::progress::{Progress, Unit};
 
 /// The shortest lease a copied key gets, in seconds.
@@ -62,7 +62,7 @@ impl Dump {
         let read_at = Instant::now();
         let progress = Progress::start("dumping keys", Unit::Keys, None);
         client
-            .for_each_page(start, end, Read::WithValues, async |kvs| {
+            .for_each_page(start, end, async |kvs| {
                 progress.add(kvs.len() as u64);
                 for kv in kvs {
                     visit(&kv)?;
