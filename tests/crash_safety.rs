@@ -357,15 +357,16 @@ fn a_corrupt_wal_fails_the_step_with_etcds_last_lines() {
 }
 
 /// A small tmpfs the test mounts itself (root only); `None` where it cannot (see [`cannot_run`]).
+/// It has room for one etcd data dir: etcd preallocates 64 MiB for its WAL and, in the background,
+/// another 64 MiB for the next segment. With less than twice that the two race, and where the second
+/// allocation wins, etcd's first commit to its db fails with "no space left".
 struct Tmpfs(TempDir);
 
 impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
+    fn mount() -> Option<Tmpfs> {
         let dir = TempDir::new("tmpfs");
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output();
+        let output =
+            Command::new("mount").args(["-t", "tmpfs", "-o", "size=300m", "tmpfs"]).arg(dir.path()).output();
         match output {
             Ok(output) if output.status.success() => Some(Tmpfs(dir)),
             failed => {
@@ -385,7 +386,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_full_disk_fails_the_step_and_keeps_the_truth_and_the_backup() {
-    let Some(tmpfs) = Tmpfs::mount("300m") else { return };
+    let Some(tmpfs) = Tmpfs::mount() else { return };
     let data = tmpfs.0.join("data");
     let backups = TempDir::new("full-backups");
     let peer = format!("http://localhost:{}", free_port());
@@ -433,7 +434,7 @@ fn a_full_disk_fails_the_step_and_keeps_the_truth_and_the_backup() {
 
 #[test]
 fn a_read_only_data_dir_is_refused_before_anything_changes() {
-    let Some(tmpfs) = Tmpfs::mount("120m") else { return };
+    let Some(tmpfs) = Tmpfs::mount() else { return };
     let data = tmpfs.0.join("data");
     let peer = format!("http://localhost:{}", free_port());
     make_etcd3_data("3.4.23", &data, &peer, &sample_keys());
