@@ -324,10 +324,7 @@ pub fn resolve(args: Args, env: impl Fn(&str) -> Option<String>) -> Result<Confi
         (Command::Status, None) => None,
         (_, None) => return Err(ConfigError::Missing("--target-version (TARGET_VERSION)")),
     };
-    let bundled = match args.bundled_versions {
-        Some(list) => list,
-        None => scan_bin_dir(&args.bin_dir)?,
-    };
+    let bundled = bundled_versions(args.bundled_versions, &args.bin_dir)?;
     let ports = if is_events_data_dir(&data_dir) { EVENTS_PORTS } else { PORTS };
     let port = args.port.unwrap_or(ports.client);
     let peer_url = format!("http://localhost:{}", args.peer_port.unwrap_or(ports.peer));
@@ -449,7 +446,16 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
 }
 
 /// Every `etcd-X.Y.Z` in the bin dir.
-pub fn scan_bin_dir(bin_dir: &Path) -> Result<Vec<Version>, ConfigError> {
+/// The bundled releases, oldest first: `listed` (`BUNDLED_VERSIONS`) when given, else the `etcd-X.Y.Z`
+/// found in the bin dir.
+pub fn bundled_versions(listed: Option<VersionList>, bin_dir: &Path) -> Result<VersionList, ConfigError> {
+    match listed {
+        Some(list) => Ok(list),
+        None => scan_bin_dir(bin_dir),
+    }
+}
+
+fn scan_bin_dir(bin_dir: &Path) -> Result<Vec<Version>, ConfigError> {
     let entries = std::fs::read_dir(bin_dir)
         .map_err(|e| ConfigError::BinDir { dir: bin_dir.to_path_buf(), message: e.to_string() })?;
     let mut versions: Vec<Version> = entries

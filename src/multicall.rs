@@ -113,11 +113,11 @@ fn moved_target(env: &HashMap<String, String>, bin_dir: &Path) -> Option<Version
 
 /// The newest of `BUNDLED_VERSIONS`, else of the `etcd-X.Y.Z` in the bin dir.
 fn newest_bundled(env: &HashMap<String, String>, bin_dir: &Path) -> Result<Version, ConfigError> {
-    let bundled = match env.get("BUNDLED_VERSIONS").filter(|v| !v.is_empty()) {
-        Some(list) => config::parse_version_list(list)
-            .map_err(|message| ConfigError::Invalid { option: "BUNDLED_VERSIONS", message })?,
-        None => config::scan_bin_dir(bin_dir)?,
-    };
+    let listed = env.get("BUNDLED_VERSIONS").filter(|v| !v.is_empty()).map(|list| {
+        config::parse_version_list(list)
+            .map_err(|message| ConfigError::Invalid { option: "BUNDLED_VERSIONS", message })
+    });
+    let bundled = config::bundled_versions(listed.transpose()?, bin_dir)?;
     bundled.last().copied().ok_or_else(|| ConfigError::BinDir {
         dir: bin_dir.to_path_buf(),
         message: "it holds no etcd-X.Y.Z: bundle at least one etcd release beside this binary".into(),
