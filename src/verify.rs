@@ -163,19 +163,25 @@ impl ContentsDigest {
     }
 }
 
-/// What the whole keyspace of `client`'s etcd holds, read page by page; `expected` is how many keys
-/// there should be, for the progress log.
-pub async fn contents(client: &V3Client, expected: Option<u64>) -> Result<Contents, ClientError> {
+/// What the whole keyspace of `client`'s etcd holds at `revision` ([`LATEST`](crate::client::v3::LATEST):
+/// the newest), read page
+/// by page, and the revision it was read at; `expected` is how many keys there should be, for the
+/// progress log.
+pub async fn contents(
+    client: &V3Client,
+    revision: i64,
+    expected: Option<u64>,
+) -> Result<(Contents, i64), ClientError> {
     let mut digest = ContentsDigest::default();
     let progress = Progress::start("verifying", Unit::Keys, expected);
-    client
-        .for_each_page(&[0], &[0], async |kvs| {
+    let read_at = client
+        .for_each_page_at(&[0], &[0], revision, async |kvs| {
             progress.add(kvs.len() as u64);
             kvs.iter().for_each(|kv| digest.add(kv));
             Ok::<(), ClientError>(())
         })
         .await?;
-    Ok(digest.finish())
+    Ok((digest.finish(), read_at))
 }
 
 impl fmt::Display for Contents {

@@ -28,6 +28,9 @@ const DEFAULT_MAX_TXN_OPS: usize = 128;
 /// loop takes about twice as many keys per second in transactions of 512–1000 puts as in ones of 128.
 pub const RAISED_MAX_TXN_OPS: usize = 1024;
 
+/// The revision etcd reads at when asked for revision 0: the newest.
+pub const LATEST: i64 = 0;
+
 /// About how many bytes of keys and values one page of a range holds.
 const PAGE_BYTES: usize = 2 << 20;
 const FIRST_PAGE_KEYS: i64 = 512;
@@ -201,7 +204,22 @@ impl V3Client {
     where
         E: From<ClientError>,
     {
-        self.for_each_page_split(start, range_end, &[], each).await
+        self.read(ranges(start, range_end, &[]), LATEST, each).await
+    }
+
+    /// [`for_each_page`](Self::for_each_page) at `revision` ([`LATEST`]: the newest), which must not
+    /// have been compacted.
+    pub async fn for_each_page_at<E>(
+        &self,
+        start: &[u8],
+        range_end: &[u8],
+        revision: i64,
+        each: impl AsyncFnMut(Vec<KeyValue>) -> Result<(), E>,
+    ) -> Result<i64, E>
+    where
+        E: From<ClientError>,
+    {
+        self.read(ranges(start, range_end, &[]), revision, each).await
     }
 
     /// [`for_each_page`](Self::for_each_page), with the range read as consecutive parts cut at `splits`
@@ -213,6 +231,18 @@ impl V3Client {
         start: &[u8],
         range_end: &[u8],
         splits: &[Vec<u8>],
+        each: impl AsyncFnMut(Vec<KeyValue>) -> Result<(), E>,
+    ) -> Result<i64, E>
+    where
+        E: From<ClientError>,
+    {
+        self.read(ranges(start, range_end, splits), LATEST, each).await
+    }
+
+    async fn read<E>(
+        &self,
+        ranges: Vec<(Vec<u8>, Vec<u8>)>,
+        revision: i64,
         mut each: impl AsyncFnMut(Vec<KeyValue>) -> Result<(), E>,
     ) -> Result<i64, E>
     where
@@ -220,26 +250,26 @@ impl V3Client {
     {
         let (pages, mut next) = mpsc::channel(1);
         let mut reader = JoinSet::new();
-        reader.spawn(self.clone().read_pages(ranges(start, range_end, splits), pages));
-        let mut revision = 0;
+        reader.spawn(self.clone().read_pages(ranges, revision, pages));
+        let mut read_at = revision;
         while let Some(page) = next.recv().await {
             let kvs;
-            (revision, kvs) = page?;
+            (read_at, kvs) = page?;
             if !kvs.is_empty() {
                 each(kvs).await?;
             }
         }
-        Ok(revision)
+        Ok(read_at)
     }
 
-    /// Sends every page of each of `ranges` to `pages`, the first read at the latest revision and the
-    /// others at the first's; a failure is the last thing sent.
+    /// Sends every page of each of `ranges` to `pages`, all read at `revision`, or, if that is
+    /// [`LATEST`], at the revision the first page was read at; a failure is the last thing sent.
     async fn read_pages(
         self,
         ranges: Vec<(Vec<u8>, Vec<u8>)>,
+        mut revision: i64,
         pages: mpsc::Sender<Result<Page, ClientError>>,
     ) {
-        let mut revision = 0;
         let mut limit = FIRST_PAGE_KEYS;
         for (mut key, range_end) in ranges {
             loop {
@@ -252,7 +282,7 @@ impl V3Client {
                         return;
                     }
                 };
-                if revision == 0 {
+                if revision == LATEST {
                     // Every header carries the store's revision when it answered, not the one read at.
                     revision = response.header().map_or(0, |h| h.revision());
                 }

@@ -4,7 +4,8 @@
 //!
 //! 1. start the current minor on the data; count + digest every key, count the leases; snapshot it;
 //! 2. `snapshot restore` with the OLDER etcdctl into a work dir, as this member (name, peer URLs);
-//! 3. start the older etcd on the restored dir; the same keys, digest and leases, or the path fails.
+//! 3. start the older etcd on the restored dir; the same keys, digest and leases at the revision the
+//!    source was read at (a lease can run out in between), or the path fails.
 //!
 //! If that path fails (an etcdctl that cannot read the newer snapshot), the member is rebuilt by a
 //! [logical copy](super::logical_copy) instead; `--downgrade-method` can also pick one path outright.
@@ -18,6 +19,7 @@ use tracing::{info, warn};
 
 use super::{Context, StepError, keyspace, logical_copy, swap_in};
 use crate::client::TlsFiles;
+use crate::client::v3::LATEST;
 use crate::config::DowngradeMethod;
 use crate::etcdctl::{Etcdctl, RestoreMember};
 use crate::faults;
@@ -62,7 +64,8 @@ async fn by_snapshot(
     let config = ctx.config;
     let snapshot = work.join("snapshot.db");
     let etcd = ctx.start_healthy(source, Storage::Etcd3, ctx.data_dir.path()).await?;
-    let before = keyspace(&etcd).await?;
+    let (before, read_at) = keyspace(&etcd, LATEST).await?;
+    faults::pause_async("downgrade-source-read").await;
     let tls = TlsFiles::from_etcd_args(&config.extra_args);
     Etcdctl::new(config.etcdctl_binary(source), source)
         .snapshot_save(etcd.endpoint().base_url(), &tls, &snapshot, ETCDCTL_TIMEOUT)
@@ -87,7 +90,7 @@ async fn by_snapshot(
     faults::pause_async("snapshot-restored").await;
 
     let etcd = ctx.start_healthy(to.version, Storage::Etcd3, &restored).await?;
-    let after = keyspace(&etcd).await?;
+    let (after, _) = keyspace(&etcd, read_at).await?;
     ctx.stop(etcd).await?;
     if after != before {
         return Err(StepError::Failed(format!("the restored data differs: before {before}, after {after}")));

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::dump::Dump;
 use super::in_flight::InFlight;
 use super::{Context, StepError};
-use crate::client::v3::{Op, V3Client, max_txn_ops};
+use crate::client::v3::{LATEST, Op, V3Client, max_txn_ops};
 use crate::faults;
 use crate::progress::{Progress, Unit};
 use crate::verify::{self, ContentsDigest};
@@ -48,7 +48,7 @@ pub async fn rebuild(
     let etcd = ctx.start_healthy(to.version, Storage::Etcd3, &copied).await?;
     let client = V3Client::connect(etcd.endpoint().clone()).await?;
     import(&client, &dump, before.keys.count).await?;
-    let after = verify::contents(&client, Some(before.keys.count)).await?;
+    let (after, _) = verify::contents(&client, LATEST, Some(before.keys.count)).await?;
     ctx.stop(etcd).await?;
     if after != before {
         return Err(StepError::Failed(format!("the logical copy differs: before {before}, after {after}")));

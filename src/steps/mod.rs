@@ -110,10 +110,16 @@ impl Context<'_> {
     }
 }
 
-/// What the whole keyspace of a running hidden etcd holds: keys, values, and how keys share leases.
-async fn keyspace(etcd: &EtcdProcess) -> Result<Contents, StepError> {
+/// What the whole keyspace of a running hidden etcd holds at `revision`
+/// ([`LATEST`](crate::client::v3::LATEST): the newest): keys, values, and how keys share leases; and
+/// the revision it was read at.
+///
+/// A step that keeps revisions reads its result at the revision it read its source at: etcd expires
+/// leases while it runs, so the newest revision of either can lack keys whose time ran out in between,
+/// while the two must agree at that one.
+async fn keyspace(etcd: &EtcdProcess, revision: i64) -> Result<(Contents, i64), StepError> {
     let client = V3Client::connect(etcd.endpoint().clone()).await?;
-    Ok(verify::contents(&client, None).await?)
+    Ok(verify::contents(&client, revision, None).await?)
 }
 
 /// Swaps a rebuilt and verified member (`<work>/member`) in for the live one. The rebuilt member's inode

@@ -8,7 +8,8 @@
 //!    enabled it), and wait until the member reports cluster and storage version X.Y.0; stop it;
 //! 3. start the older minor on the data until healthy, and until it has finished etcd's downgrade job
 //!    (the job stays enabled until a member of the target minor runs, and while it is enabled a newer
-//!    member is refused); the same keys, digest and lease grouping, or the step fails.
+//!    member is refused); the same keys, digest and lease grouping at the revision step 1 read at (a
+//!    lease can run out in between), or the step fails.
 //!
 //! Revisions, lease ids and remaining TTLs are kept: it is the same data, with a lower storage version.
 //! A run killed anywhere in between is redone from the start: the current minor opens the data in every
@@ -20,7 +21,8 @@ use tracing::info;
 
 use super::{Context, StepError, keyspace, wait_until};
 use crate::bbolt;
-use crate::client::{TlsFiles, v3};
+use crate::client::TlsFiles;
+use crate::client::v3::{self, LATEST};
 use crate::data_dir;
 use crate::etcd_process::EtcdProcess;
 use crate::etcdctl::{Etcdctl, StorageStatus};
@@ -41,7 +43,8 @@ pub async fn run(
     let data = ctx.data_dir.path();
     let target = to.version.minor();
     let etcd = ctx.start_healthy(source, Storage::Etcd3, data).await?;
-    let before = keyspace(&etcd).await?;
+    let (before, read_at) = keyspace(&etcd, LATEST).await?;
+    faults::pause_async("online-downgrade-source-read").await;
     lower_storage_version(ctx, &etcd, source, target).await?;
     ctx.stop(etcd).await?;
     info!(from = %from, keys = before.keys.count, "etcd {source} lowered the storage version to {target}.0");
@@ -49,7 +52,7 @@ pub async fn run(
 
     let etcd = ctx.start_healthy(to.version, Storage::Etcd3, data).await?;
     wait_for_downgrade_job_end(&etcd, to.version).await?;
-    let after = keyspace(&etcd).await?;
+    let (after, _) = keyspace(&etcd, read_at).await?;
     ctx.stop(etcd).await?;
     if let Some(job) = bbolt::downgrade_target(&data_dir::db_path(data)).map_err(unreadable)? {
         return Err(StepError::Failed(format!(

@@ -348,12 +348,15 @@ pub fn tree_fingerprint(dir: &Path) -> BTreeMap<String, String> {
 /// own, and the member identity `m` at `peer_url`.
 pub struct Migrator {
     pub command: Command,
+    /// Where its hidden etcd serves clients.
+    pub hidden_client_url: String,
 }
 
 impl Migrator {
     pub fn new(data_dir: &Path, peer_url: &str) -> Migrator {
         let mut command = Command::new(env!("CARGO_BIN_EXE_etcd-migrate"));
         let peer_port = peer_url.rsplit(':').next().unwrap();
+        let hidden_port = free_port();
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -361,12 +364,12 @@ impl Migrator {
             .arg(data_dir)
             .arg("--bin-dir")
             .arg(etcd_bin_dir())
-            .args(["--name", "m", "--port", &free_port().to_string(), "--peer-port", peer_port])
+            .args(["--name", "m", "--port", &hidden_port.to_string(), "--peer-port", peer_port])
             .args(["--listen-peer-urls", &peer_url.replace("localhost", "127.0.0.1")])
             .args(["--initial-advertise-peer-urls", peer_url, "--initial-cluster", &format!("m={peer_url}")])
             .args(["--health-timeout", "60s"])
             .stdin(Stdio::null());
-        Migrator { command }
+        Migrator { command, hidden_client_url: format!("http://127.0.0.1:{hidden_port}") }
     }
 
     pub fn args(mut self, args: &[&str]) -> Migrator {
