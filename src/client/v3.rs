@@ -80,7 +80,7 @@ pub enum Op {
         lease: i64,
     },
     /// Puts `key` on `lease`, keeping its value (`ignore_value`): only for a release whose
-    /// [`V3Api::ignore_value`] is set, any other would blank the value.
+    /// [`Capabilities::put_ignore_value`] is set, any other would blank the value.
     AttachLease {
         key: Vec<u8>,
         lease: i64,
