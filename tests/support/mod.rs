@@ -532,7 +532,7 @@ impl Pause {
     }
 
     /// Starts `migrator`, told to pause here, and waits until it is paused; fails if it ends first.
-    pub fn spawn_paused(&self, migrator: Migrator) -> Child {
+    pub fn spawn_paused(&self, migrator: Migrator) -> PausedRun {
         let mut child = self.apply(migrator).command.spawn().unwrap();
         let reached = self.dir.join(&format!("{}.reached", self.point));
         let deadline = Instant::now() + Duration::from_secs(180);
@@ -547,11 +547,34 @@ impl Pause {
             assert!(Instant::now() < deadline, "the migrator never reached {}", self.point);
             std::thread::sleep(Duration::from_millis(10));
         }
-        child
+        PausedRun(Some(child))
     }
 
     pub fn release(&self) {
         fs::write(self.dir.join(&format!("{}.release", self.point)), b"").unwrap();
+    }
+}
+
+/// A migrator run paused at a fault point. A test that ends before waiting for it (an assertion failed)
+/// kills it, and its hidden etcd with it, rather than leave it paused for good.
+pub struct PausedRun(Option<Child>);
+
+impl PausedRun {
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("not waited for yet").id()
+    }
+
+    pub fn wait_with_output(mut self) -> Output {
+        self.0.take().expect("not waited for yet").wait_with_output().unwrap()
+    }
+}
+
+impl Drop for PausedRun {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
