@@ -151,11 +151,27 @@ pub struct ContentsDigest {
 
 impl ContentsDigest {
     pub fn add(&mut self, kv: &KeyValue) {
-        self.keys.add(&kv.key, &kv.value);
-        if kv.lease != 0 {
-            let first = self.first_keys.entry(kv.lease).or_insert_with(|| kv.key.clone());
-            self.lease_groups.add(&kv.key, first);
+        self.add_key(&kv.key, &kv.value, kv.lease);
+    }
+
+    /// A key with its value and its lease's id (0: none).
+    pub fn add_key(&mut self, key: &[u8], value: &[u8], lease: i64) {
+        self.keys.add(key, value);
+        if lease != 0 {
+            let first = self.first_keys.entry(lease).or_insert_with(|| key.to_vec());
+            self.lease_groups.add(key, first);
         }
+    }
+
+    /// Adds every key `other` holds, where no lease of `other` shares keys with one of this digest (its
+    /// lease ids may be another etcd's).
+    pub fn add_all(&mut self, other: &ContentsDigest) {
+        self.keys.add_all(&other.keys);
+        self.lease_groups.add_all(&other.lease_groups);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.keys.count()
     }
 
     pub fn finish(&self) -> Contents {
@@ -164,14 +180,23 @@ impl ContentsDigest {
 }
 
 /// What the whole keyspace of `client`'s etcd holds at `revision` ([`LATEST`](crate::client::v3::LATEST):
-/// the newest), read page
-/// by page, and the revision it was read at; `expected` is how many keys there should be, for the
-/// progress log.
+/// the newest), read page by page, and the revision it was read at; `expected` is how many keys there
+/// should be, for the progress log.
 pub async fn contents(
     client: &V3Client,
     revision: i64,
     expected: Option<u64>,
 ) -> Result<(Contents, i64), ClientError> {
+    let (digest, read_at) = contents_digest(client, revision, expected).await?;
+    Ok((digest.finish(), read_at))
+}
+
+/// [`contents`], still open.
+pub async fn contents_digest(
+    client: &V3Client,
+    revision: i64,
+    expected: Option<u64>,
+) -> Result<(ContentsDigest, i64), ClientError> {
     let mut digest = ContentsDigest::default();
     let progress = Progress::start("verifying", Unit::Keys, expected);
     let read_at = client
@@ -181,7 +206,7 @@ pub async fn contents(
             Ok::<(), ClientError>(())
         })
         .await?;
-    Ok((digest.finish(), read_at))
+    Ok((digest, read_at))
 }
 
 impl fmt::Display for Contents {

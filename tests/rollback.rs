@@ -1,10 +1,15 @@
 //! Rollback against real etcd: one-minor downgrades 3.5 → 3.4 → 3.3 by snapshot, etcd3 → etcd2 for JSON
-//! data, refusal for protobuf data, and a downgrade killed mid-step completing on the next run.
+//! data, refusal for protobuf data, a downgrade killed mid-step completing on the next run, and a lease
+//! running out in a copy before it is verified.
 
 mod support;
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
+use etcd_migrate::client::v2::V2Client;
+use etcd_migrate::client::{Endpoint, TlsFiles};
 use support::*;
 
 /// When `snapshot restore` fails, each downgrade step falls back to a logical copy: every key and value,
@@ -27,6 +32,12 @@ fn a_failed_snapshot_restore_falls_back_to_a_logical_copy_of_keys_and_leases() {
 
     let etcd = TestEtcd::start_with("3.3.25", &data, "m", &peer, &[]);
     assert_eq!(etcd.all_keys(), keys);
+    check_copied_leases(&etcd, &ttls);
+}
+
+/// The keys of `ttls` are exactly those on leases, grouped as in [`leased_fixture`] (one lease per TTL),
+/// each lease granted what it had left when copied: no more than before, more than the shorter group's.
+fn check_copied_leases(etcd: &TestEtcd, ttls: &BTreeMap<String, i64>) {
     let leased = etcd.leased_keys();
     assert_eq!(leased.keys().collect::<Vec<_>>(), ttls.keys().collect::<Vec<_>>(), "the same keys on leases");
     let leases = etcd.etcdctl(&["lease", "list"]).lines().skip(1).count();
@@ -133,4 +144,66 @@ fn a_downgrade_killed_in_the_middle_of_a_logical_copy_is_redone() {
 #[test]
 fn a_downgrade_killed_after_the_swap_is_completed() {
     downgrade_killed_at("member-swapped-in", &[]);
+}
+
+/// The steps that rebuild a member through the API (the logical copy, etcd3 → etcd2) give each key what
+/// its lease or TTL had left, no more, so a short one can run out in the copy before the copy is
+/// verified. Paused once the copy is written until a short lease has run out there: the step completes,
+/// the key on that lease is gone, and every other key, value and lease (or TTL) is kept.
+#[test]
+fn a_lease_that_runs_out_in_a_copy_takes_only_its_own_keys() {
+    const SHORT_LIVED: &str = "/registry/masterleases/10.0.0.1";
+    for (from, to, storage, point) in [
+        ("3.5.16", "3.4.23", "etcd3", "logical-copy-imported"),
+        ("3.4.23", "3.3.25", "etcd2", "rollback-imported"),
+    ] {
+        let dir = TempDir::new("copy-lease-runs-out");
+        let data = dir.join("data");
+        let peer = free_peer_url();
+        let (keys, ttls) = leased_fixture(from, &data, &peer);
+        let etcd = TestEtcd::start_with(from, &data, "m", &peer, &[]);
+        let grant = etcd.etcdctl(&["lease", "grant", "10"]);
+        let lease = grant.split_whitespace().nth(1).unwrap().to_string();
+        etcd.etcdctl(&["put", "--lease", &lease, SHORT_LIVED, "10.0.0.1"]);
+        etcd.stop();
+
+        let mut migrator = Migrator::new(&data, &peer)
+            .args(&["--target-version", to, "--target-storage", storage])
+            .args(&["--downgrade-method", "logical", "--migrate-only"])
+            .env("STORAGE_MEDIA_TYPE", "application/json");
+        migrator.command.stderr(Stdio::piped());
+        let copy = Endpoint::new(&migrator.hidden_client_url, &TlsFiles::default()).unwrap();
+        let pause = Pause::at(point);
+        let child = pause.spawn_paused(migrator);
+        let in_copy = || match storage {
+            "etcd3" => !etcdctl(to, copy.base_url(), &["get", SHORT_LIVED]).is_empty(),
+            _ => block_on(V2Client::new(copy.clone()).leaves("/registry"))
+                .unwrap()
+                .iter()
+                .any(|l| l.key == SHORT_LIVED),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while in_copy() {
+            assert!(
+                Instant::now() < deadline,
+                "{to}/{storage}: {SHORT_LIVED} outlived its lease in the copy"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pause.release();
+        let output = child.wait_with_output();
+        let said = stderr(&output);
+        assert!(output.status.success(), "{from} → {to}/{storage}: {said}");
+        let read = format!("keys={}", keys.len() + 1);
+        assert!(said.contains(&read), "{from}: the source was read with the short-lived key: {said}");
+        assert_eq!(version_txt(&data), format!("{to}/{storage}"));
+        let etcd = TestEtcd::start_with(to, &data, "m", &peer, &[]);
+        match storage {
+            "etcd3" => {
+                assert_eq!(etcd.all_keys(), keys, "all but the expired key");
+                check_copied_leases(&etcd, &ttls);
+            }
+            _ => check_v2_keys(&etcd, &keys, &ttls),
+        }
+    }
 }

@@ -248,18 +248,26 @@ impl V2Client {
 
     /// Deletes a directory and everything under it; a missing one is fine.
     pub async fn delete_tree(&self, prefix: &str) -> Result<(), ClientError> {
-        let path = format!("{}?recursive=true&dir=true", key_path(prefix));
+        self.delete_path(&format!("{}?recursive=true&dir=true", key_path(prefix))).await
+    }
+
+    /// Deletes a key; a missing one is fine.
+    pub async fn delete(&self, key: &str) -> Result<(), ClientError> {
+        self.delete_path(&key_path(key)).await
+    }
+
+    async fn delete_path(&self, path: &str) -> Result<(), ClientError> {
         let response = self
             .endpoint
             .http()
-            .delete(self.endpoint.url(&path))
+            .delete(self.endpoint.url(path))
             .send()
             .await
-            .map_err(|e| self.endpoint.http_error(&path, e))?;
+            .map_err(|e| self.endpoint.http_error(path, e))?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(());
         }
-        expect_success(&self.endpoint, &path, response).await
+        expect_success(&self.endpoint, path, response).await
     }
 }
 

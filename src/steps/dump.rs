@@ -7,18 +7,16 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::StepError;
+use super::leases::EXPIRY_MARGIN;
 use crate::client::v3::{KeyValue, V3Client};
 use crate::progress::{Progress, Unit};
-
-/// The shortest lease a copied key gets, in seconds.
-pub const MIN_TTL: i64 = 60;
 
 /// One key as the file keeps it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -98,10 +96,22 @@ impl Dump {
         }))
     }
 
-    /// What is left now of a TTL that was `ttl` when the dump was read, but at least `MIN_TTL`: a key
-    /// that expired between the copy and its verification would fail the step on every retry.
-    pub fn remaining(&self, ttl: i64) -> i64 {
-        (ttl - self.read_at.elapsed().as_secs() as i64).max(MIN_TTL)
+    /// Whether a key whose lease (or TTL) had `ttl` seconds left when the dump was read has less than
+    /// [`EXPIRY_MARGIN`] left at `now`: it is not copied, or is removed from the copy before the copy is
+    /// verified, as etcd would have removed it within seconds. Later moments judge more keys gone,
+    /// never fewer, so a key left out stays out.
+    pub fn expired(&self, ttl: i64, now: Instant) -> bool {
+        self.deadline(ttl) < now + EXPIRY_MARGIN
+    }
+
+    /// The TTL for a key copied now, whose lease (or TTL) had `ttl` seconds left when the dump was read:
+    /// what is left of it, rounded down, so that it never outlives its source.
+    pub fn ttl_left(&self, ttl: i64) -> i64 {
+        self.deadline(ttl).saturating_duration_since(Instant::now()).as_secs() as i64
+    }
+
+    fn deadline(&self, ttl: i64) -> Instant {
+        self.read_at + Duration::from_secs(ttl.max(0) as u64)
     }
 
     pub fn remove(self) -> Result<(), StepError> {
@@ -111,4 +121,23 @@ impl Dump {
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StepError + '_ {
     move |source| StepError::Io { context: path.display().to_string(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_expired_with_less_than_the_margin_left_and_copied_with_what_is_left_rounded_down() {
+        let now = Instant::now();
+        let dump = Dump { path: PathBuf::new(), read_at: now - Duration::from_secs(10) };
+        let margin = EXPIRY_MARGIN.as_secs() as i64;
+        assert!(dump.expired(10 + margin - 1, now), "under the margin left");
+        assert!(!dump.expired(10 + margin + 1, now), "over the margin left");
+        assert!(dump.expired(10 + margin + 1, now + Duration::from_secs(2)), "later, more keys are expired");
+        assert!(dump.expired(3, now), "already past its deadline");
+        let left = dump.ttl_left(70);
+        assert!((59..=60).contains(&left), "70 s read 10 s ago: {left} s left, never more than 60");
+        assert_eq!(dump.ttl_left(3), 0, "nothing left");
+    }
 }

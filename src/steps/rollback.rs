@@ -4,6 +4,11 @@
 //! file in the work dir, then written through the v2 API into a fresh member of the target version built
 //! in the work dir, verified (count + digest through the v2 API), and swapped in. Memory stays flat: the
 //! keys pass through the file, not through a map. Revisions cannot survive this, so clients must relist.
+//! Each key gets what its lease had left as its TTL; as in the logical copy, a key with less than
+//! [`EXPIRY_MARGIN`](super::leases::EXPIRY_MARGIN) left is not copied, or is deleted from the copy just
+//! before it is read, and counted as the source had it.
+
+use std::time::Instant;
 
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -13,6 +18,7 @@ use super::{Context, StepError, swap_in};
 use crate::client::ClientError;
 use crate::client::v2::V2Client;
 use crate::client::v3::{V3Client, prefix_end};
+use crate::faults;
 use crate::journal::Journal;
 use crate::verify::{KeyDigest, hidden_from_v2};
 use crate::version::{EtcdState, Storage, Version};
@@ -57,7 +63,9 @@ pub async fn run(
     let etcd = ctx.start_healthy(to.version, Storage::Etcd2, &rebuilt).await?;
     let v2 = V2Client::new(etcd.endpoint().clone());
     import(&v2, &dump).await?;
-    let mut after = KeyDigest::new();
+    faults::pause_async("rollback-imported").await;
+    let mut after = remove_expired(&v2, &dump, &prefix).await?;
+    let expired = after.count();
     for leaf in v2.leaves(&prefix).await? {
         after.add(leaf.key.as_bytes(), leaf.value.as_bytes());
     }
@@ -66,7 +74,10 @@ pub async fn run(
     if after != before {
         return Err(StepError::Lost { before, after });
     }
-    info!(to = %to, keys = after.count, "etcd {} serves the same keys through the v2 API", to.version);
+    info!(
+        to = %to, keys = after.count, expired,
+        "etcd {} serves the same keys through the v2 API", to.version
+    );
     warn!(
         "revisions do not survive a rollback to etcd2: restart the API servers and other watchers so they relist"
     );
@@ -75,24 +86,76 @@ pub async fn run(
 }
 
 /// Writes the dump through the v2 API, a bounded number of keys at a time, each with what is left of
-/// its TTL.
+/// its TTL; a key whose time has (nearly) run out is left out (see [`Dump::expired`]).
 async fn import(v2: &V2Client, dump: &Dump) -> Result<(), StepError> {
-    let mut writes: JoinSet<Result<(), ClientError>> = JoinSet::new();
+    let mut writes = Writes::default();
     for record in dump.records()? {
         let record = record?;
-        let text = |bytes: Vec<u8>| String::from_utf8(bytes).map_err(|e| StepError::Failed(e.to_string()));
+        let ttl = match record.ttl {
+            Some(ttl) if dump.expired(ttl, Instant::now()) => continue,
+            ttl => ttl.map(|ttl| dump.ttl_left(ttl)),
+        };
         let (key, value) = (text(record.key)?, text(record.value)?);
-        let ttl = record.ttl.map(|ttl| dump.remaining(ttl));
         let v2 = v2.clone();
-        writes.spawn(async move { v2.set(&key, &value, ttl).await });
-        if writes.len() >= CONCURRENT_WRITES
-            && let Some(done) = writes.join_next().await
-        {
-            done.map_err(|e| StepError::Failed(e.to_string()))??;
+        writes.add(async move { v2.set(&key, &value, ttl).await }).await?;
+    }
+    writes.finish().await
+}
+
+/// Deletes from the copy every key whose time has (nearly) run out by now, which etcd may or may not
+/// have expired yet; returns those the proof counts (under `prefix`, not hidden from v2) as the source
+/// had them.
+async fn remove_expired(v2: &V2Client, dump: &Dump, prefix: &str) -> Result<KeyDigest, StepError> {
+    let now = Instant::now();
+    let mut expired = KeyDigest::new();
+    let mut writes = Writes::default();
+    for record in dump.records()? {
+        let record = record?;
+        if !record.ttl.is_some_and(|ttl| dump.expired(ttl, now)) {
+            continue;
+        }
+        if !hidden_from_v2(&record.key[prefix.len()..]) {
+            expired.add(&record.key, &record.value);
+        }
+        let key = text(record.key)?;
+        let v2 = v2.clone();
+        writes.add(async move { v2.delete(&key).await }).await?;
+    }
+    writes.finish().await?;
+    Ok(expired)
+}
+
+fn text(bytes: Vec<u8>) -> Result<String, StepError> {
+    String::from_utf8(bytes).map_err(|e| StepError::Failed(e.to_string()))
+}
+
+/// v2 requests on their way, at most [`CONCURRENT_WRITES`] at once.
+#[derive(Default)]
+struct Writes(JoinSet<Result<(), ClientError>>);
+
+impl Writes {
+    async fn add(
+        &mut self,
+        write: impl Future<Output = Result<(), ClientError>> + Send + 'static,
+    ) -> Result<(), StepError> {
+        self.0.spawn(write);
+        if self.0.len() >= CONCURRENT_WRITES {
+            self.complete_one().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<(), StepError> {
+        while !self.0.is_empty() {
+            self.complete_one().await?;
+        }
+        Ok(())
+    }
+
+    async fn complete_one(&mut self) -> Result<(), StepError> {
+        match self.0.join_next().await {
+            Some(done) => Ok(done.map_err(|e| StepError::Failed(e.to_string()))??),
+            None => Ok(()),
         }
     }
-    while let Some(done) = writes.join_next().await {
-        done.map_err(|e| StepError::Failed(e.to_string()))??;
-    }
-    Ok(())
 }
