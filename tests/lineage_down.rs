@@ -6,8 +6,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -156,7 +154,6 @@ fn a_logical_copy_rebuilds_3_2_data_on_3_0() {
 /// the downgrade completes, the key on that lease is gone, and every other key and lease is kept.
 #[test]
 fn a_lease_that_runs_out_mid_downgrade_takes_only_its_own_keys() {
-    const SHORT_LIVED: &str = "/registry/masterleases/10.0.0.1";
     for (from, to, point) in
         [("3.5.16", "3.4.23", "downgrade-source-read"), ("3.7.1", "3.6.14", "online-downgrade-source-read")]
     {
@@ -164,34 +161,18 @@ fn a_lease_that_runs_out_mid_downgrade_takes_only_its_own_keys() {
         let data = dir.join("data");
         let peer = free_peer_url();
         let (keys, ttls) = leased_fixture(from, &data, &peer);
-        let etcd = TestEtcd::start_with(from, &data, "m", &peer, &[]);
-        let grant = etcd.etcdctl(&["lease", "grant", "10"]);
-        let lease = grant.split_whitespace().nth(1).unwrap().to_string();
-        etcd.etcdctl(&["put", "--lease", &lease, SHORT_LIVED, "10.0.0.1"]);
-        etcd.stop();
+        add_short_lived_key(from, &data, &peer);
 
-        let mut migrator = Migrator::new(&data, &peer).args(&[
+        let migrator = Migrator::new(&data, &peer).args(&[
             "--target-version",
             to,
             "--downgrade-method",
             "snapshot",
             "--migrate-only",
         ]);
-        migrator.command.stderr(Stdio::piped());
-        let hidden = migrator.hidden_client_url.clone();
-        let pause = Pause::at(point);
-        let child = pause.spawn_paused(migrator);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !etcdctl(from, &hidden, &["get", SHORT_LIVED]).is_empty() {
-            assert!(Instant::now() < deadline, "{from}: {SHORT_LIVED} outlived its lease");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        pause.release();
-        let output = child.wait_with_output();
-        let said = stderr(&output);
-        assert!(output.status.success(), "{from} → {to}: {said}");
-        let read = format!("keys={}", keys.len() + 1);
-        assert!(said.contains(&read), "{from}: the source was read with the short-lived key: {said}");
+        let source = migrator.hidden_client_url.clone();
+        let gone = || etcdctl(from, &source, &["get", SHORT_LIVED]).is_empty();
+        run_paused_until_gone(migrator, point, gone, keys.len() + 1);
         assert_eq!(version_txt(&data), format!("{to}/etcd3"));
         let etcd = TestEtcd::start_with(to, &data, "m", &peer, &[]);
         assert_eq!(etcd.all_keys(), keys, "{from} → {to}: all but the expired key");

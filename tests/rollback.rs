@@ -5,8 +5,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_migrate::client::v2::V2Client;
 use etcd_migrate::client::{Endpoint, TlsFiles};
@@ -152,7 +151,6 @@ fn a_downgrade_killed_after_the_swap_is_completed() {
 /// the key on that lease is gone, and every other key, value and lease (or TTL) is kept.
 #[test]
 fn a_lease_that_runs_out_in_a_copy_takes_only_its_own_keys() {
-    const SHORT_LIVED: &str = "/registry/masterleases/10.0.0.1";
     for (from, to, storage, point) in [
         ("3.5.16", "3.4.23", "etcd3", "logical-copy-imported"),
         ("3.4.23", "3.3.25", "etcd2", "rollback-imported"),
@@ -161,41 +159,21 @@ fn a_lease_that_runs_out_in_a_copy_takes_only_its_own_keys() {
         let data = dir.join("data");
         let peer = free_peer_url();
         let (keys, ttls) = leased_fixture(from, &data, &peer);
-        let etcd = TestEtcd::start_with(from, &data, "m", &peer, &[]);
-        let grant = etcd.etcdctl(&["lease", "grant", "10"]);
-        let lease = grant.split_whitespace().nth(1).unwrap().to_string();
-        etcd.etcdctl(&["put", "--lease", &lease, SHORT_LIVED, "10.0.0.1"]);
-        etcd.stop();
+        add_short_lived_key(from, &data, &peer);
 
-        let mut migrator = Migrator::new(&data, &peer)
+        let migrator = Migrator::new(&data, &peer)
             .args(&["--target-version", to, "--target-storage", storage])
             .args(&["--downgrade-method", "logical", "--migrate-only"])
             .env("STORAGE_MEDIA_TYPE", "application/json");
-        migrator.command.stderr(Stdio::piped());
         let copy = Endpoint::new(&migrator.hidden_client_url, &TlsFiles::default()).unwrap();
-        let pause = Pause::at(point);
-        let child = pause.spawn_paused(migrator);
-        let in_copy = || match storage {
-            "etcd3" => !etcdctl(to, copy.base_url(), &["get", SHORT_LIVED]).is_empty(),
+        let gone = || match storage {
+            "etcd3" => etcdctl(to, copy.base_url(), &["get", SHORT_LIVED]).is_empty(),
             _ => block_on(V2Client::new(copy.clone()).leaves("/registry"))
                 .unwrap()
                 .iter()
-                .any(|l| l.key == SHORT_LIVED),
+                .all(|leaf| leaf.key != SHORT_LIVED),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while in_copy() {
-            assert!(
-                Instant::now() < deadline,
-                "{to}/{storage}: {SHORT_LIVED} outlived its lease in the copy"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        pause.release();
-        let output = child.wait_with_output();
-        let said = stderr(&output);
-        assert!(output.status.success(), "{from} → {to}/{storage}: {said}");
-        let read = format!("keys={}", keys.len() + 1);
-        assert!(said.contains(&read), "{from}: the source was read with the short-lived key: {said}");
+        run_paused_until_gone(migrator, point, gone, keys.len() + 1);
         assert_eq!(version_txt(&data), format!("{to}/{storage}"));
         let etcd = TestEtcd::start_with(to, &data, "m", &peer, &[]);
         match storage {

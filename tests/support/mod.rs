@@ -555,6 +555,38 @@ impl Pause {
     }
 }
 
+/// A key like a Kubernetes API server's master lease (15 s): on a lease this short, it can run out while
+/// a step runs.
+pub const SHORT_LIVED: &str = "/registry/masterleases/10.0.0.1";
+
+/// Puts [`SHORT_LIVED`] on a 10 s lease into the data dir etcd `version` wrote as member `m` at `peer`.
+pub fn add_short_lived_key(version: &str, data: &Path, peer: &str) {
+    let etcd = TestEtcd::start_with(version, data, "m", peer, &[]);
+    let grant = etcd.etcdctl(&["lease", "grant", "10"]);
+    let lease = grant.split_whitespace().nth(1).unwrap().to_string();
+    etcd.etcdctl(&["put", "--lease", &lease, SHORT_LIVED, "10.0.0.1"]);
+    etcd.stop();
+}
+
+/// Runs `migrator` paused at `point` until `gone()` says [`SHORT_LIVED`] has run out where the test looks
+/// (at most 60 s), then lets it finish. Checks that it succeeded and that its source was read with
+/// `keys_read` keys, the short-lived one among them.
+pub fn run_paused_until_gone(mut migrator: Migrator, point: &str, gone: impl Fn() -> bool, keys_read: usize) {
+    migrator.command.stderr(Stdio::piped());
+    let pause = Pause::at(point);
+    let child = pause.spawn_paused(migrator);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !gone() {
+        assert!(Instant::now() < deadline, "{SHORT_LIVED} outlived its lease (paused at {point})");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pause.release();
+    let output = child.wait_with_output();
+    let said = stderr(&output);
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains(&format!("keys={keys_read}")), "the source was read with {SHORT_LIVED}: {said}");
+}
+
 /// A migrator run paused at a fault point. A test that ends before waiting for it (an assertion failed)
 /// kills it, and its hidden etcd with it, rather than leave it paused for good.
 pub struct PausedRun(Option<Child>);
