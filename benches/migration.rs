@@ -255,6 +255,30 @@ async fn bare_grpc(url: &str) -> (f64, f64) {
     (read, keys.len() as f64 / started.elapsed().as_secs_f64())
 }
 
+/// A JSON log line's time, in seconds since midnight.
+fn log_time(line: &serde_json::Value) -> f64 {
+    let stamp = line["timestamp"].as_str().unwrap();
+    let clock = stamp.split('T').nth(1).unwrap().trim_end_matches('Z');
+    clock.split(':').fold(0.0, |acc, part| acc * 60.0 + part.parse::<f64>().unwrap())
+}
+
+/// From the migrator's JSON log: the seconds from each step's start to the stop of its hidden etcd, in
+/// all (the rest of a run is the migrator's own time).
+fn seconds_in_etcd(log: &str) -> f64 {
+    let (mut started, mut total) = (None, 0.0);
+    for line in log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+        let message = line["message"].as_str().unwrap_or_default();
+        if message.ends_with(" starting") && line["step"].is_u64() {
+            started = Some(log_time(&line));
+        } else if message == "hidden etcd stopped"
+            && let Some(start) = started.take()
+        {
+            total += (log_time(&line) - start).rem_euclid(86_400.0);
+        }
+    }
+    total
+}
+
 /// How long each phase of a conversion took, from the migrator's JSON log: the time between one
 /// milestone line and the one before it goes to the phase that milestone ends.
 struct Phases {
@@ -267,11 +291,6 @@ impl Phases {
     fn from_log(log: &str) -> Phases {
         let lines: Vec<serde_json::Value> =
             log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        let time = |line: &serde_json::Value| {
-            let stamp = line["timestamp"].as_str().unwrap();
-            let clock = stamp.split('T').nth(1).unwrap().trim_end_matches('Z');
-            clock.split(':').fold(0.0, |acc, part| acc * 60.0 + part.parse::<f64>().unwrap())
-        };
         let mut seconds = std::collections::HashMap::new();
         let mut last: Option<f64> = None;
         let mut attached_keys = 0;
@@ -293,7 +312,7 @@ impl Phases {
                 m if m.starts_with("convert-to-etcd3") || m.starts_with("migrated") => Some("other"),
                 _ => continue,
             };
-            let mut now = time(line);
+            let mut now = log_time(line);
             match last {
                 None => first = now,
                 Some(before) => {
@@ -375,22 +394,29 @@ impl Bench {
         let peer = free_port();
         let fixture = self.etcd3_fixture(100, peer);
         let data = self.work.join("overhead");
-        let (mut ours, mut floor) = (Vec::new(), Vec::new());
+        let (mut ours, mut own, mut floor) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..RUNS {
             copy_tree(&fixture, &data);
             let started = Instant::now();
-            let output = self.migrate(&data, peer, "3.5.16", &[]).wait_with_output().unwrap();
-            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            let output =
+                self.migrate(&data, peer, "3.5.16", &["--log-format", "json"]).wait_with_output().unwrap();
+            let log = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "{log}");
             ours.push(started.elapsed().as_secs_f64());
+            own.push(started.elapsed().as_secs_f64() - seconds_in_etcd(&log));
             copy_tree(&fixture, &data);
             let bare = bare_etcd(&self.bin.join("etcd-3.4.23"), &data, peer)
                 + bare_etcd(&self.bin.join("etcd-3.5.16"), &data, peer);
             floor.push(bare.as_secs_f64());
         }
-        let (ours, floor) = (median(ours), median(floor));
+        let (ours, own, floor) = (median(ours), median(own), median(floor));
         (
             "overhead ratio, 3.3.25 → 3.5.16 (2 steps, backup included)".into(),
-            format!("{:.2} ({ours:.2} s vs {floor:.2} s of bare etcd)", ours / floor),
+            format!(
+                "{:.2} ({ours:.2} s vs {floor:.2} s of bare etcd; outside its etcds' starts and stops the migrator took {:.0} ms)",
+                ours / floor,
+                own * 1000.0
+            ),
             "≤ 1.10".into(),
         )
     }
