@@ -402,8 +402,9 @@ impl Bench {
                 self.migrate(&data, peer, "3.5.16", &["--log-format", "json"]).wait_with_output().unwrap();
             let log = String::from_utf8_lossy(&output.stderr);
             assert!(output.status.success(), "{log}");
-            ours.push(started.elapsed().as_secs_f64());
-            own.push(started.elapsed().as_secs_f64() - seconds_in_etcd(&log));
+            let took = started.elapsed().as_secs_f64();
+            ours.push(took);
+            own.push(took - seconds_in_etcd(&log));
             copy_tree(&fixture, &data);
             let bare = bare_etcd(&self.bin.join("etcd-3.4.23"), &data, peer)
                 + bare_etcd(&self.bin.join("etcd-3.5.16"), &data, peer);

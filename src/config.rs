@@ -445,7 +445,6 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     if duration.is_zero() { Err(format!("{value:?} must be longer than zero")) } else { Ok(duration) }
 }
 
-/// Every `etcd-X.Y.Z` in the bin dir.
 /// The bundled releases, oldest first: `listed` (`BUNDLED_VERSIONS`) when given, else the `etcd-X.Y.Z`
 /// found in the bin dir.
 pub fn bundled_versions(listed: Option<VersionList>, bin_dir: &Path) -> Result<VersionList, ConfigError> {
@@ -455,6 +454,7 @@ pub fn bundled_versions(listed: Option<VersionList>, bin_dir: &Path) -> Result<V
     }
 }
 
+/// Every `etcd-X.Y.Z` in the bin dir.
 fn scan_bin_dir(bin_dir: &Path) -> Result<Vec<Version>, ConfigError> {
     let entries = std::fs::read_dir(bin_dir)
         .map_err(|e| ConfigError::BinDir { dir: bin_dir.to_path_buf(), message: e.to_string() })?;

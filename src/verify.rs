@@ -200,7 +200,7 @@ pub async fn contents_digest(
     let mut digest = ContentsDigest::default();
     let progress = Progress::start("verifying", Unit::Keys, expected);
     let read_at = client
-        .for_each_page_at(&[0], &[0], revision, async |kvs| {
+        .for_each_page(&[0], &[0], revision, async |kvs| {
             progress.add(kvs.len() as u64);
             kvs.iter().for_each(|kv| digest.add(kv));
             Ok::<(), ClientError>(())

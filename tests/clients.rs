@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use etcd_migrate::bbolt;
 use etcd_migrate::client::v2::V2Client;
-use etcd_migrate::client::v3::{ModRevisionIs, Op, V3Client, max_txn_ops, prefix_end};
+use etcd_migrate::client::v3::{LATEST, ModRevisionIs, Op, V3Client, max_txn_ops, prefix_end};
 use etcd_migrate::client::{ClientError, Endpoint, TlsFiles};
 use etcd_migrate::data_dir::db_path;
 use etcd_migrate::etcdctl::{Etcdctl, EtcdctlError, RestoreMember};
@@ -53,7 +53,7 @@ fn v3_client_pages_batches_and_leases_and_bbolt_reads_what_etcd_wrote() {
             let mut seen = Vec::new();
             let mut pages = Vec::new();
             let read_at = client
-                .for_each_page(b"/registry/k/", &prefix_end(b"/registry/k/"), async |kvs| {
+                .for_each_page(b"/registry/k/", &prefix_end(b"/registry/k/"), LATEST, async |kvs| {
                     if pages.is_empty() {
                         // Written after the first page: later pages are read at the first page's revision.
                         grpc.clone().put("/registry/k/99999", "too late", None).await.unwrap();
@@ -115,7 +115,7 @@ fn attaching_a_lease_keeps_the_value_on_releases_that_know_ignore_value_and_is_r
             let lease = client.lease_grant(600).await.unwrap();
             let mut key = None;
             client
-                .for_each_page(b"/", &[0], async |kvs| {
+                .for_each_page(b"/", &[0], LATEST, async |kvs| {
                     assert_eq!(kvs[0].value, b"event", "{version}");
                     key = Some(kvs[0].clone());
                     Ok::<(), ClientError>(())

@@ -193,23 +193,10 @@ impl V3Client {
         ClientError::Rpc { url: self.url.clone(), message: error.to_string() }
     }
 
-    /// Calls `each` with every page of `[start, range_end)`, all read at one revision, in key order.
-    /// Returns that revision.
+    /// Calls `each` with every page of `[start, range_end)`, all read at `revision` ([`LATEST`]: the
+    /// newest at the first page; an older one must not have been compacted), in key order. Returns the
+    /// revision read at.
     pub async fn for_each_page<E>(
-        &self,
-        start: &[u8],
-        range_end: &[u8],
-        each: impl AsyncFnMut(Vec<KeyValue>) -> Result<(), E>,
-    ) -> Result<i64, E>
-    where
-        E: From<ClientError>,
-    {
-        self.read(ranges(start, range_end, &[]), LATEST, each).await
-    }
-
-    /// [`for_each_page`](Self::for_each_page) at `revision` ([`LATEST`]: the newest), which must not
-    /// have been compacted.
-    pub async fn for_each_page_at<E>(
         &self,
         start: &[u8],
         range_end: &[u8],
@@ -222,7 +209,8 @@ impl V3Client {
         self.read(ranges(start, range_end, &[]), revision, each).await
     }
 
-    /// [`for_each_page`](Self::for_each_page), with the range read as consecutive parts cut at `splits`
+    /// [`for_each_page`](Self::for_each_page) at the newest revision, with the range read as consecutive
+    /// parts cut at `splits`
     /// (keys in any order; those outside the range are ignored). etcd before 3.5 walks its index to the
     /// end of a range for every limited page, so a large range read whole costs it time quadratic in
     /// its size; cut at keys known to be about evenly spaced, each walk stays short.

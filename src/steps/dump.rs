@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::StepError;
 use super::leases::EXPIRY_MARGIN;
-use crate::client::v3::{KeyValue, V3Client};
+use crate::client::v3::{KeyValue, LATEST, V3Client};
 use crate::progress::{Progress, Unit};
 
 /// One key as the file keeps it.
@@ -60,7 +60,7 @@ impl Dump {
         let read_at = Instant::now();
         let progress = Progress::start("dumping keys", Unit::Keys, None);
         client
-            .for_each_page(start, end, async |kvs| {
+            .for_each_page(start, end, LATEST, async |kvs| {
                 progress.add(kvs.len() as u64);
                 for kv in kvs {
                     visit(&kv)?;

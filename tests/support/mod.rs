@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use etcd_migrate::client::v2::V2Client;
-use etcd_migrate::client::v3::{KeyValue, V3Client, connect_options};
+use etcd_migrate::client::v3::{KeyValue, LATEST, V3Client, connect_options};
 use etcd_migrate::client::{ClientError, Endpoint, TlsFiles, health};
 use etcd_migrate::etcd_process::{EtcdError, EtcdProcess, EtcdSpec};
 use etcd_migrate::release;
@@ -495,7 +495,7 @@ impl TestEtcd {
             let client = V3Client::connect(self.endpoint()).await.unwrap();
             let mut all = Vec::new();
             client
-                .for_each_page(b"\0", &[0], async |kvs| {
+                .for_each_page(b"\0", &[0], LATEST, async |kvs| {
                     all.extend(kvs);
                     Ok::<(), ClientError>(())
                 })
