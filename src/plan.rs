@@ -4,7 +4,7 @@
 //! Rules, from etcd's own constraints:
 //! - etcd moves one minor at a time, upwards in place, and leaves each minor from its highest bundled
 //!   patch (etcd's upgrade policy), the target's own version last. Where etcd documents a patch floor for
-//!   the next minor (3.5.26 for 3.6), a lower highest patch is refused before anything runs.
+//!   the next minor (3.5.32 for 3.6), a lower highest patch is refused before anything runs.
 //! - Data opened by a newer minor is refused by an older one ("cluster cannot be downgraded"), so a
 //!   downgrade goes one minor at a time: from 3.6 on by etcd's own online downgrade (the storage version
 //!   must be lowered by the running newer minor; an offline `etcdutl migrate` leaves data the older
@@ -434,25 +434,26 @@ mod tests {
         );
     }
 
-    const LINEAGE: &str = "2.2.1 2.3.7 3.0.17 3.1.20 3.2.32 3.3.25 3.4.23 3.5.1 3.5.16 3.5.30 3.6.14 3.7.1";
+    const LINEAGE: &str =
+        "2.2.1 2.3.7 3.0.17 3.1.20 3.2.32 3.3.25 3.4.23 3.5.1 3.5.16 3.5.30 3.5.33 3.6.14 3.7.1";
 
     #[test]
     fn reaches_3_7_through_the_newest_3_5_and_3_6() {
         assert_eq!(
             render("3.4.23/etcd3", "3.7.1/etcd3", LINEAGE, PROTOBUF).unwrap(),
             [
-                "in-place 3.4.23/etcd3 -> 3.5.30/etcd3",
-                "seal-v2 3.5.30/etcd3 -> 3.5.30/etcd3",
-                "in-place 3.5.30/etcd3 -> 3.6.14/etcd3",
+                "in-place 3.4.23/etcd3 -> 3.5.33/etcd3",
+                "seal-v2 3.5.33/etcd3 -> 3.5.33/etcd3",
+                "in-place 3.5.33/etcd3 -> 3.6.14/etcd3",
                 "in-place 3.6.14/etcd3 -> 3.7.1/etcd3",
             ]
         );
         assert_eq!(
             render("3.5.1/etcd3", "3.6.14/etcd3", LINEAGE, PROTOBUF).unwrap(),
-            ["seal-v2 3.5.1/etcd3 -> 3.5.30/etcd3", "in-place 3.5.30/etcd3 -> 3.6.14/etcd3"]
+            ["seal-v2 3.5.1/etcd3 -> 3.5.33/etcd3", "in-place 3.5.33/etcd3 -> 3.6.14/etcd3"]
         );
         let seal = plan(state("3.5.1/etcd3"), state("3.6.14/etcd3"), &versions(LINEAGE), PROTOBUF).unwrap();
-        assert!(seal.steps[0].tools().contains(&(Tool::Etcdutl, Version::new(3, 5, 30))));
+        assert!(seal.steps[0].tools().contains(&(Tool::Etcdutl, Version::new(3, 5, 33))));
     }
 
     #[test]
@@ -463,11 +464,20 @@ mod tests {
             PlanError::BelowFloor {
                 from: Version::new(3, 5, 16),
                 from_minor: Minor::new(3, 5),
-                floor: Version::new(3, 5, 26),
+                floor: Version::new(3, 5, 32),
                 to: Minor::new(3, 6)
             }
         );
-        assert!(err.to_string().contains("bundle etcd 3.5.26 or later"), "{err}");
+        assert!(err.to_string().contains("bundle etcd 3.5.32 or later"), "{err}");
+        // The newest 3.5 Debian serves is below it, whichever 3.5 the data is at.
+        for from in ["3.4.23/etcd3", "3.5.1/etcd3", "3.5.30/etcd3"] {
+            let err =
+                render(from, "3.6.14/etcd3", "3.4.23 3.5.1 3.5.16 3.5.30 3.6.14", PROTOBUF).unwrap_err();
+            assert!(
+                matches!(err, PlanError::BelowFloor { from, .. } if from == Version::new(3, 5, 30)),
+                "{err}"
+            );
+        }
         // Skipping 3.6 is refused too: 3.7.1 panics on 3.5 data.
         let err = render("3.5.30/etcd3", "3.7.1/etcd3", "3.5.30 3.7.1", PROTOBUF).unwrap_err();
         assert!(matches!(err, PlanError::MissingMinor { minor, .. } if minor == Minor::new(3, 6)), "{err}");
@@ -597,8 +607,8 @@ mod tests {
             render("3.7.1/etcd3", "3.0.17/etcd3", LINEAGE, PROTOBUF).unwrap(),
             [
                 "online-downgrade 3.7.1/etcd3 -> 3.6.14/etcd3",
-                "online-downgrade 3.6.14/etcd3 -> 3.5.30/etcd3",
-                "downgrade 3.5.30/etcd3 -> 3.4.23/etcd3",
+                "online-downgrade 3.6.14/etcd3 -> 3.5.33/etcd3",
+                "downgrade 3.5.33/etcd3 -> 3.4.23/etcd3",
                 "downgrade 3.4.23/etcd3 -> 3.3.25/etcd3",
                 "downgrade 3.3.25/etcd3 -> 3.2.32/etcd3",
                 "downgrade 3.2.32/etcd3 -> 3.1.20/etcd3",

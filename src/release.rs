@@ -1,7 +1,8 @@
 //! What each etcd release can do: the one place that knows how etcd changed from 2.2 to 3.7, measured
-//! on the real releases (see `shared/etcd-releases/README.md` and `shared/etcd-facts.md`). Everything
-//! here is a property of a release's minor (and, for upgrade floors, of the minor it comes from); the
-//! planner, preflight, the steps and the tests ask [`capabilities`] instead of comparing versions.
+//! on the real releases (`shared/etcd-facts.md`) and taken from etcd's upgrade guides. Everything here
+//! is a property of a release's minor, except the upgrade floors (of the minor an upgrade comes from)
+//! and the WAL-aware v2 store check (of a patch); the planner, preflight, the steps and the tests ask
+//! [`capabilities`] instead of comparing versions.
 
 use crate::version::{Minor, Version};
 
@@ -31,16 +32,20 @@ pub struct Capabilities {
     /// Has the online downgrade API (`etcdctl downgrade validate|enable`; 3.6 and later) and records
     /// a storage version in its backend.
     pub downgrade_api: bool,
+    /// `etcdutl check v2store` also reads the WAL records past the newest v2 snapshot and fails on any v2
+    /// request that 3.6 would refuse to replay ("custom v2 content in WAL records"), not only on keys in
+    /// the snapshot. etcd documents it from 3.5.32 and 3.6.13.
+    pub v2store_check_reads_wal: bool,
     /// The lowest patch of the previous minor that etcd documents as safe to upgrade to this minor
     /// from; `None` where etcd documents none.
     pub upgrade_floor: Option<Version>,
 }
 
-/// The patch of 3.5 that etcd's 3.5 → 3.6 upgrade guide requires: 3.5.24 to 3.5.26 fix the upgrade
-/// blockers (learner/zombie member records that 3.6 refuses). The guide's later recommendation of
-/// 3.5.32 is for its tooling (a WAL-aware `etcdutl check v2store`, which etcdutl 3.6.13 and later have
-/// too, and `--v2-deprecation=write-only-skip-check`, which this tool never uses), not for the data.
-pub const FLOOR_FOR_3_6: Version = Version::new(3, 5, 26);
+/// The patch of 3.5 that etcd's 3.5 → 3.6 upgrade guide requires of every member: 3.5.24 to 3.5.26 fix
+/// the upgrade blockers (learner/zombie member records that 3.6 refuses), and 3.5.32 makes `etcdutl
+/// check v2store` read the WAL as well as the v2 snapshot, which the seal before 3.6 relies on. (It also
+/// adds `--v2-deprecation=write-only-skip-check`, which this tool never uses.)
+pub const FLOOR_FOR_3_6: Version = Version::new(3, 5, 32);
 /// The patch of 3.6 that etcd's 3.6 → 3.7 upgrade guide requires.
 pub const FLOOR_FOR_3_7: Version = Version::new(3, 6, 11);
 
@@ -60,6 +65,11 @@ pub fn capabilities(version: Version) -> Capabilities {
         etcdctl_needs_api_3: v3 && !at_least(6),
         etcdutl: at_least(5),
         downgrade_api: at_least(6),
+        v2store_check_reads_wal: match (major, minor) {
+            (3, 5) => version.patch >= 32,
+            (3, 6) => version.patch >= 13,
+            _ => false,
+        },
         upgrade_floor: match (major, minor) {
             (3, 6) => Some(FLOOR_FOR_3_6),
             (3, 7) => Some(FLOOR_FOR_3_7),
@@ -162,9 +172,19 @@ mod tests {
 
     #[test]
     fn floors_for_the_minors_that_document_one() {
-        assert_eq!(caps("3.6.14").upgrade_floor, Some(Version::new(3, 5, 26)));
+        assert_eq!(caps("3.6.14").upgrade_floor, Some(Version::new(3, 5, 32)));
         assert_eq!(caps("3.7.1").upgrade_floor, Some(Version::new(3, 6, 11)));
         assert_eq!(caps("3.5.30").upgrade_floor, None);
+    }
+
+    /// The seal before 3.6 runs the newest bundled 3.5's `etcdutl check v2store`, and the planner leaves
+    /// 3.5 for 3.6 only from the floor or later: so the check it runs always reads the WAL too.
+    #[test]
+    fn the_3_6_floor_checks_the_wal_past_the_v2_snapshot() {
+        assert!(capabilities(FLOOR_FOR_3_6).v2store_check_reads_wal);
+        let reads_wal = |v: &str| caps(v).v2store_check_reads_wal;
+        assert!(!reads_wal("3.5.30") && !reads_wal("3.5.31") && reads_wal("3.5.33"));
+        assert!(!reads_wal("3.6.12") && reads_wal("3.6.13") && reads_wal("3.6.14"));
     }
 
     #[test]

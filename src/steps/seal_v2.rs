@@ -4,9 +4,11 @@
 //! membership records ("detected disallowed v2 WAL"); etcd <= 3.4 leaves such requests behind (its
 //! `/health` is a v2 quorum read, and conversion deletes the stale v2 copy through the v2 API). And it
 //! refuses a v2 snapshot holding keys ("custom content"). So the newest bundled 3.5 opens the data with
-//! a v2 snapshot forced past every earlier record ([`v2_snapshot`]), and then `etcdutl check v2store`
-//! must find no keys in it. If it does (keys written through the v2 API and never converted), the step
-//! fails naming them as the cause: they are the user's, and are not deleted here.
+//! a v2 snapshot forced past every earlier record ([`v2_snapshot`]), and then its own `etcdutl check
+//! v2store` must pass: it finds no keys in that snapshot and no v2 request 3.6 would refuse in the WAL
+//! past it (the planner leaves 3.5 only from the 3.6 floor, 3.5.32, whose check reads the WAL too). Keys
+//! written through the v2 API and never converted fail the step, named as the cause: they are the
+//! user's, and are not deleted here.
 //!
 //! Rerunning it is harmless, so a run that dies here simply seals again.
 
@@ -36,12 +38,37 @@ async fn check_v2store(ctx: &Context<'_>, version: Version, data_dir: &Path) -> 
             info!(etcdutl = output.trim(), "v2 store sealed");
             Ok(())
         }
-        Err(EtcdctlError::Failed { stderr, .. }) if stderr.contains("custom content") => {
+        Err(EtcdctlError::Failed { stderr, .. }) if holds_v2_keys(&stderr) => {
             Err(StepError::Failed(format!(
                 "the v2 store holds keys written through the v2 API ({stderr}), which etcd 3.6 refuses: convert them \
              to v3 or delete them with etcd {version} --enable-v2, then rerun; the data stays at {version}"
             )))
         }
+        Err(EtcdctlError::Failed { stderr, .. }) if stderr.contains("custom v2 content in WAL records") => {
+            Err(StepError::Failed(format!(
+                "the WAL holds v2 requests past the v2 snapshot this step forced ({stderr}), which etcd 3.6 would \
+             refuse to replay: rerun to seal again; the data stays at {version}"
+            )))
+        }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `etcdutl check v2store` failed on keys in the v2 snapshot: "detected custom content in
+/// v2store", or from 3.5.32 on "detected custom v2 content in both v2store and WAL records".
+fn holds_v2_keys(stderr: &str) -> bool {
+    stderr.contains("custom content in v2store") || stderr.contains("in both v2store and WAL records")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_keys_in_the_snapshot_from_requests_in_the_wal() {
+        assert!(holds_v2_keys("Error: detected custom content in v2store"));
+        assert!(holds_v2_keys("Error: detected custom v2 content in both v2store and WAL records"));
+        assert!(!holds_v2_keys("Error: detected custom v2 content in WAL records"));
+        assert!(!holds_v2_keys("Error: failed to recover v2store from snapshot: unexpected EOF"));
     }
 }
