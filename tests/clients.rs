@@ -18,124 +18,151 @@ const KEYS: usize = 2500;
 
 #[test]
 fn v3_client_pages_batches_and_leases_and_bbolt_reads_what_etcd_wrote() {
-    for (version, minor) in [("3.3.25", 3), ("3.4.23", 4), ("3.5.16", 5), ("3.6.14", 6)] {
-        let dir = TempDir::new("clients");
-        let data = dir.join("data");
-        let etcd = TestEtcd::start(version, &data);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let expected: BTreeSet<Vec<u8>> =
-            (0..KEYS).map(|i| format!("/registry/k/{i:05}").into_bytes()).collect();
-        let (seen, lease_keys) = rt.block_on(async {
-            let endpoint = Endpoint::new(&etcd.client_url, &TlsFiles::default()).unwrap();
-            let client = V3Client::connect(endpoint.clone()).await.unwrap();
-            let mut grpc = grpc(&endpoint).await;
-            let max_txn_ops = max_txn_ops(client.capabilities());
-            assert_eq!(max_txn_ops, 1024, "{version}: the hidden etcd's --max-txn-ops");
-            let ops: Vec<Op> =
-                expected.iter().map(|k| Op::Put { key: k.clone(), value: k.clone(), lease: 0 }).collect();
-            for batch in ops.chunks(max_txn_ops) {
-                assert!(client.txn(Vec::new(), batch.to_vec()).await.unwrap());
-            }
-            let one_too_many: Vec<Op> =
-                (0..=max_txn_ops).map(|i| Op::Delete { key: format!("/x/{i}").into_bytes() }).collect();
-            let refused = client.txn(Vec::new(), one_too_many).await.unwrap_err();
-            assert!(refused.to_string().contains("too many operations"), "{version}: {refused}");
-            let lease = client.lease_grant(600).await.unwrap();
-            grpc.put("/registry/events/e1", "event", Some(etcd_client::PutOptions::new().with_lease(lease)))
-                .await
-                .unwrap();
-            let ttl = client.lease_ttl(lease).await.unwrap();
-            assert_eq!(client.lease_ids().await.unwrap(), vec![lease]);
-            assert!(ttl > 0 && ttl <= 600, "{ttl}");
-
-            grpc.put("/registry/k/00007", "rewritten", None).await.unwrap();
-            let before_read = current_revision(&endpoint).await;
-            let mut seen = Vec::new();
-            let mut pages = Vec::new();
-            let read_at = client
-                .for_each_page(b"/registry/k/", &prefix_end(b"/registry/k/"), LATEST, async |kvs| {
-                    if pages.is_empty() {
-                        // Written after the first page: later pages are read at the first page's revision.
-                        grpc.clone().put("/registry/k/99999", "too late", None).await.unwrap();
-                    }
-                    pages.push(kvs.len());
-                    for kv in kvs {
-                        let rewritten = kv.key == b"/registry/k/00007";
-                        assert_eq!(kv.value, if rewritten { b"rewritten".to_vec() } else { kv.key.clone() });
-                        assert_eq!(kv.version, if rewritten { 2 } else { 1 });
-                        assert!(kv.create_revision <= kv.mod_revision && kv.mod_revision <= before_read);
-                        seen.push(kv.key);
-                    }
-                    Ok::<(), ClientError>(())
-                })
-                .await
-                .unwrap();
-            assert!(pages.len() > 1, "{version}: {KEYS} keys come in more than one page: {pages:?}");
-            assert_eq!(read_at, before_read, "{version}: one revision for every page");
-            (seen, lease_info(&endpoint, lease).await.keys().to_vec())
-        });
-        assert_eq!(
-            seen.iter().cloned().collect::<BTreeSet<_>>(),
-            expected,
-            "{version}: every key once, in order"
-        );
-        assert!(seen.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(lease_keys, vec![b"/registry/events/e1".to_vec()]);
-
-        // bbolt: readable while etcd runs (no lock; what etcd has committed so far), then exactly after a
-        // clean stop.
-        bbolt::cluster_version(&db_path(&data)).unwrap();
-        etcd.stop();
-        assert_eq!(bbolt::cluster_version(&db_path(&data)).unwrap(), Some(Version::new(3, minor, 0)));
-        assert_eq!(
-            bbolt::count_keys(&db_path(&data), b"key").unwrap(),
-            KEYS as u64 + 3,
-            "{version}: one revision per put"
-        );
-        assert_eq!(bbolt::count_keys(&db_path(&data), b"no-such-bucket").unwrap(), 0);
-        assert_eq!(bbolt::read_value(&db_path(&data), b"cluster", b"nothing").unwrap(), None);
+    for (version, minor) in [("3.3.25", 3), ("3.4.23", 4), ("3.5.16", 5)] {
+        pages_batches_leases_and_bbolt(version, minor);
     }
+}
+
+#[test]
+fn v3_client_pages_batches_and_leases_and_bbolt_reads_what_etcd_3_6_wrote() {
+    if !releases_present(&["3.6.14"]) {
+        return;
+    }
+    pages_batches_leases_and_bbolt("3.6.14", 6);
+}
+
+/// The v3 client against etcd `version` (minor 3.`minor`): paged reads at one revision, batched
+/// transactions up to the limit, leases; then bbolt reads the db that etcd wrote.
+fn pages_batches_leases_and_bbolt(version: &str, minor: u32) {
+    let dir = TempDir::new("clients");
+    let data = dir.join("data");
+    let etcd = TestEtcd::start(version, &data);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let expected: BTreeSet<Vec<u8>> = (0..KEYS).map(|i| format!("/registry/k/{i:05}").into_bytes()).collect();
+    let (seen, lease_keys) = rt.block_on(async {
+        let endpoint = Endpoint::new(&etcd.client_url, &TlsFiles::default()).unwrap();
+        let client = V3Client::connect(endpoint.clone()).await.unwrap();
+        let mut grpc = grpc(&endpoint).await;
+        let max_txn_ops = max_txn_ops(client.capabilities());
+        assert_eq!(max_txn_ops, 1024, "{version}: the hidden etcd's --max-txn-ops");
+        let ops: Vec<Op> =
+            expected.iter().map(|k| Op::Put { key: k.clone(), value: k.clone(), lease: 0 }).collect();
+        for batch in ops.chunks(max_txn_ops) {
+            assert!(client.txn(Vec::new(), batch.to_vec()).await.unwrap());
+        }
+        let one_too_many: Vec<Op> =
+            (0..=max_txn_ops).map(|i| Op::Delete { key: format!("/x/{i}").into_bytes() }).collect();
+        let refused = client.txn(Vec::new(), one_too_many).await.unwrap_err();
+        assert!(refused.to_string().contains("too many operations"), "{version}: {refused}");
+        let lease = client.lease_grant(600).await.unwrap();
+        grpc.put("/registry/events/e1", "event", Some(etcd_client::PutOptions::new().with_lease(lease)))
+            .await
+            .unwrap();
+        let ttl = client.lease_ttl(lease).await.unwrap();
+        assert_eq!(client.lease_ids().await.unwrap(), vec![lease]);
+        assert!(ttl > 0 && ttl <= 600, "{ttl}");
+
+        grpc.put("/registry/k/00007", "rewritten", None).await.unwrap();
+        let before_read = current_revision(&endpoint).await;
+        let mut seen = Vec::new();
+        let mut pages = Vec::new();
+        let read_at = client
+            .for_each_page(b"/registry/k/", &prefix_end(b"/registry/k/"), LATEST, async |kvs| {
+                if pages.is_empty() {
+                    // Written after the first page: later pages are read at the first page's revision.
+                    grpc.clone().put("/registry/k/99999", "too late", None).await.unwrap();
+                }
+                pages.push(kvs.len());
+                for kv in kvs {
+                    let rewritten = kv.key == b"/registry/k/00007";
+                    assert_eq!(kv.value, if rewritten { b"rewritten".to_vec() } else { kv.key.clone() });
+                    assert_eq!(kv.version, if rewritten { 2 } else { 1 });
+                    assert!(kv.create_revision <= kv.mod_revision && kv.mod_revision <= before_read);
+                    seen.push(kv.key);
+                }
+                Ok::<(), ClientError>(())
+            })
+            .await
+            .unwrap();
+        assert!(pages.len() > 1, "{version}: {KEYS} keys come in more than one page: {pages:?}");
+        assert_eq!(read_at, before_read, "{version}: one revision for every page");
+        (seen, lease_info(&endpoint, lease).await.keys().to_vec())
+    });
+    assert_eq!(
+        seen.iter().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "{version}: every key once, in order"
+    );
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(lease_keys, vec![b"/registry/events/e1".to_vec()]);
+
+    // bbolt: readable while etcd runs (no lock; what etcd has committed so far), then exactly after a
+    // clean stop.
+    bbolt::cluster_version(&db_path(&data)).unwrap();
+    etcd.stop();
+    assert_eq!(bbolt::cluster_version(&db_path(&data)).unwrap(), Some(Version::new(3, minor, 0)));
+    assert_eq!(
+        bbolt::count_keys(&db_path(&data), b"key").unwrap(),
+        KEYS as u64 + 3,
+        "{version}: one revision per put"
+    );
+    assert_eq!(bbolt::count_keys(&db_path(&data), b"no-such-bucket").unwrap(), 0);
+    assert_eq!(bbolt::read_value(&db_path(&data), b"cluster", b"nothing").unwrap(), None);
 }
 
 /// gRPC drops a request field the server does not know: a put with `ignore_value` would blank the value
 /// on 3.0 and 3.1. The client sends it only to releases that know it, and refuses otherwise.
 #[test]
-fn attaching_a_lease_keeps_the_value_on_releases_that_know_ignore_value_and_is_refused_on_others() {
-    for (version, ignores_value, txn_ops) in
-        [("3.0.17", false, 128), ("3.1.20", false, 128), ("3.2.32", true, 128), ("3.3.25", true, 1024)]
-    {
-        let dir = TempDir::new("ignore-value");
-        let etcd = TestEtcd::start(version, &dir.join("data"));
-        block_on(async {
-            let client = V3Client::connect(etcd.endpoint()).await.unwrap();
-            let caps = client.capabilities();
-            assert_eq!((caps.put_ignore_value, max_txn_ops(caps)), (ignores_value, txn_ops));
-            let put = Op::Put { key: b"/registry/events/e".to_vec(), value: b"event".to_vec(), lease: 0 };
-            assert!(client.txn(Vec::new(), vec![put]).await.unwrap());
-            let lease = client.lease_grant(600).await.unwrap();
-            let mut key = None;
-            client
-                .for_each_page(b"/", &[0], LATEST, async |kvs| {
-                    assert_eq!(kvs[0].value, b"event", "{version}");
-                    key = Some(kvs[0].clone());
-                    Ok::<(), ClientError>(())
-                })
-                .await
-                .unwrap();
-            let key = key.unwrap();
-            let guard = vec![ModRevisionIs { key: key.key.clone(), mod_revision: key.mod_revision }];
-            let attached = client.txn(guard, vec![Op::AttachLease { key: key.key.clone(), lease }]).await;
-            if ignores_value {
-                assert!(attached.unwrap(), "{version}");
-            } else {
-                assert!(attached.unwrap_err().to_string().contains("ignore_value"), "{version}");
-            }
-        });
-        let values = etcd.v3_key_values();
-        assert_eq!(values.len(), 1);
-        assert_eq!(values[0].value, b"event", "{version}: the value is kept");
-        assert_eq!(values[0].lease != 0, ignores_value, "{version}");
+fn attaching_a_lease_keeps_the_value_on_releases_that_know_ignore_value() {
+    attach_a_lease("3.3.25", true, 1024);
+}
+
+#[test]
+fn attaching_a_lease_is_refused_where_ignore_value_would_blank_the_value() {
+    if !releases_present(&["3.0.17", "3.1.20", "3.2.32"]) {
+        return;
     }
+    for (version, ignores_value, txn_ops) in
+        [("3.0.17", false, 128), ("3.1.20", false, 128), ("3.2.32", true, 128)]
+    {
+        attach_a_lease(version, ignores_value, txn_ops);
+    }
+}
+
+/// Puts a key on etcd `version` and attaches a lease to it: kept value and lease where the release
+/// `ignores_value`, refused otherwise; transactions take `txn_ops` operations there.
+fn attach_a_lease(version: &str, ignores_value: bool, txn_ops: usize) {
+    let dir = TempDir::new("ignore-value");
+    let etcd = TestEtcd::start(version, &dir.join("data"));
+    block_on(async {
+        let client = V3Client::connect(etcd.endpoint()).await.unwrap();
+        let caps = client.capabilities();
+        assert_eq!((caps.put_ignore_value, max_txn_ops(caps)), (ignores_value, txn_ops));
+        let put = Op::Put { key: b"/registry/events/e".to_vec(), value: b"event".to_vec(), lease: 0 };
+        assert!(client.txn(Vec::new(), vec![put]).await.unwrap());
+        let lease = client.lease_grant(600).await.unwrap();
+        let mut key = None;
+        client
+            .for_each_page(b"/", &[0], LATEST, async |kvs| {
+                assert_eq!(kvs[0].value, b"event", "{version}");
+                key = Some(kvs[0].clone());
+                Ok::<(), ClientError>(())
+            })
+            .await
+            .unwrap();
+        let key = key.unwrap();
+        let guard = vec![ModRevisionIs { key: key.key.clone(), mod_revision: key.mod_revision }];
+        let attached = client.txn(guard, vec![Op::AttachLease { key: key.key.clone(), lease }]).await;
+        if ignores_value {
+            assert!(attached.unwrap(), "{version}");
+        } else {
+            assert!(attached.unwrap_err().to_string().contains("ignore_value"), "{version}");
+        }
+    });
+    let values = etcd.v3_key_values();
+    assert_eq!(values.len(), 1);
+    assert_eq!(values[0].value, b"event", "{version}: the value is kept");
+    assert_eq!(values[0].lease != 0, ignores_value, "{version}");
 }
 
 #[test]

@@ -16,12 +16,12 @@ fn peer_url() -> String {
     format!("http://localhost:{}", free_port())
 }
 
-/// Runs `migrator` on `dir/data` and checks the side of the contract where nothing was changed: exit 2,
-/// a message containing `says`, the data dir byte for byte as it was, and nothing (no backup, not even a
-/// partial one) beside it.
-fn assert_exits_2_and_nothing_changed(dir: &TempDir, migrator: Migrator, says: &str) {
+/// Runs `migrator` on `dir/data` to `target` and checks the side of the contract where nothing was
+/// changed: exit 2, a message containing `says`, the data dir byte for byte as it was, and nothing (no
+/// backup, not even a partial one) beside it.
+fn assert_exits_2_and_nothing_changed(dir: &TempDir, migrator: Migrator, target: &str, says: &str) {
     let before = tree_fingerprint(&dir.join("data"));
-    let output = migrator.args(&["--target-version", "3.5.16", "--migrate-only"]).run();
+    let output = migrator.args(&["--target-version", target, "--migrate-only"]).run();
     let message = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{message}");
     assert!(message.contains(says), "{message}");
@@ -37,7 +37,7 @@ fn a_failed_first_backup_exits_2_with_the_data_dir_byte_identical() {
     let peer = peer_url();
     make_etcd3_data("3.4.23", &data, &peer, &sample_keys());
     let migrator = Migrator::new(&data, &peer).env("ETCD_MIGRATE_TEST_FAIL", "backup-copy");
-    assert_exits_2_and_nothing_changed(&dir, migrator, "backup failed");
+    assert_exits_2_and_nothing_changed(&dir, migrator, "3.5.16", "backup failed");
 }
 
 #[test]
@@ -48,7 +48,53 @@ fn a_damaged_journal_exits_2_with_the_data_dir_byte_identical() {
     make_etcd3_data("3.4.23", &data, &peer, &sample_keys());
     fs::create_dir_all(journal_path(&data).parent().unwrap()).unwrap();
     fs::write(journal_path(&data), "{").unwrap();
-    assert_exits_2_and_nothing_changed(&dir, Migrator::new(&data, &peer), "journal.json is damaged");
+    assert_exits_2_and_nothing_changed(
+        &dir,
+        Migrator::new(&data, &peer),
+        "3.5.16",
+        "journal.json is damaged",
+    );
+}
+
+/// etcd's 3.6 upgrade guide asks for every 3.5 member at 3.5.32 or later, and the newest 3.5 Debian
+/// serves is 3.5.30: a plan to 3.6 from an image whose newest 3.5 is 3.5.30 is refused, naming the
+/// floor, with nothing changed, whether the data is at 3.4 or already at 3.5.30.
+const BELOW_THE_3_6_FLOOR: &str = "etcd documents 3.6.x as safe only from 3.5.32 or later, and the newest bundled 3.5.x is 3.5.30: bundle etcd 3.5.32 or later";
+const BUNDLED_UP_TO_3_6: &str = "3.3.25,3.4.23,3.5.16,3.5.30,3.6.14";
+
+#[test]
+fn a_plan_to_3_6_with_3_5_30_the_newest_3_5_bundled_exits_2_naming_the_floor() {
+    for written_by in ["3.4.23", "3.5.30"] {
+        let dir = TempDir::new("exit-floor-plan");
+        let data = dir.join("data");
+        let peer = peer_url();
+        make_etcd3_data(written_by, &data, &peer, &sample_keys());
+        let before = tree_fingerprint(&data);
+        let plan = Migrator::new(&data, &peer)
+            .env("BUNDLED_VERSIONS", BUNDLED_UP_TO_3_6)
+            .args(&["plan", "--target-version", "3.6.14"])
+            .run();
+        assert_eq!(plan.status.code(), Some(2), "{}", stderr(&plan));
+        assert!(stderr(&plan).contains(BELOW_THE_3_6_FLOOR), "{}", stderr(&plan));
+        assert_eq!(tree_fingerprint(&data), before);
+        assert_eq!(version_txt(&data), format!("{written_by}/etcd3"));
+    }
+}
+
+/// The same refusal from a migration run, where the image really holds a 3.6 (and its newest 3.5 is
+/// 3.5.30 all the same).
+#[test]
+fn a_run_to_3_6_with_3_5_30_the_newest_3_5_bundled_exits_2_naming_the_floor() {
+    if !releases_present(&["3.6.14"]) {
+        return;
+    }
+    let dir = TempDir::new("exit-floor-run");
+    let data = dir.join("data");
+    let peer = peer_url();
+    make_etcd3_data("3.5.30", &data, &peer, &sample_keys());
+    let migrator = Migrator::new(&data, &peer).env("BUNDLED_VERSIONS", BUNDLED_UP_TO_3_6);
+    assert_exits_2_and_nothing_changed(&dir, migrator, "3.6.14", BELOW_THE_3_6_FLOOR);
+    assert_eq!(version_txt(&data), "3.5.30/etcd3");
 }
 
 #[test]

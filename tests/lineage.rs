@@ -1,5 +1,6 @@
 //! The whole etcd lineage upwards on the real releases: etcd2 data written by 2.2.1 climbs every minor
-//! to 3.7.1, and 3.4 data crosses into 3.6 (where the v2 store is gone) through a sealed 3.5.
+//! to 3.7.1, and 3.4 data crosses into 3.6 (where the v2 store is gone) through a sealed 3.5.33 (3.6
+//! asks for 3.5.32 or later). Every release here but 3.4.23 comes from `ETCD_RELEASE_MIRROR`.
 
 mod support;
 
@@ -28,6 +29,9 @@ fn etcd2_fixture() -> BTreeMap<String, (String, Option<i64>)> {
 
 #[test]
 fn etcd2_data_from_2_2_1_climbs_every_minor_to_3_7_1() {
+    if !releases_present(&["2.2.1", "2.3.7", "3.0.17", "3.1.20", "3.2.32", "3.5.33", "3.6.14", "3.7.1"]) {
+        return;
+    }
     let dir = TempDir::new("lineage-up");
     let data = dir.join("data");
     let peer = format!("http://localhost:{}", free_port());
@@ -55,9 +59,9 @@ fn etcd2_data_from_2_2_1_climbs_every_minor_to_3_7_1() {
         "in-place 3.1.20/etcd3 3.2.32/etcd3",
         "in-place 3.2.32/etcd3 3.3.25/etcd3",
         "in-place 3.3.25/etcd3 3.4.23/etcd3",
-        "in-place 3.4.23/etcd3 3.5.30/etcd3",
-        "seal-v2 3.5.30/etcd3 3.5.30/etcd3",
-        "in-place 3.5.30/etcd3 3.6.14/etcd3",
+        "in-place 3.4.23/etcd3 3.5.33/etcd3",
+        "seal-v2 3.5.33/etcd3 3.5.33/etcd3",
+        "in-place 3.5.33/etcd3 3.6.14/etcd3",
         "in-place 3.6.14/etcd3 3.7.1/etcd3",
     ] {
         let step: Vec<&str> = step.split(' ').collect();
@@ -78,6 +82,9 @@ fn etcd2_data_from_2_2_1_climbs_every_minor_to_3_7_1() {
 
 #[test]
 fn data_of_3_4_reaches_3_6_through_a_sealed_3_5_even_when_killed_while_sealing() {
+    if !releases_present(&["3.5.33", "3.6.14"]) {
+        return;
+    }
     let dir = TempDir::new("lineage-seal");
     let data = dir.join("data");
     let peer = format!("http://localhost:{}", free_port());
@@ -85,7 +92,7 @@ fn data_of_3_4_reaches_3_6_through_a_sealed_3_5_even_when_killed_while_sealing()
 
     let migrate = || Migrator::new(&data, &peer).args(&["--target-version", "3.6.14", "--migrate-only"]);
     assert!(Pause::at("v2-snapshot-forced").kill_there(migrate()), "the run reached the seal");
-    assert_eq!(version_txt(&data), "3.5.30/etcd3", "3.5.30 opened the data; the seal had not completed");
+    assert_eq!(version_txt(&data), "3.5.33/etcd3", "3.5.33 opened the data; the seal had not completed");
     assert!(data.join(".etcd-migrate/journal.json").exists(), "the unfinished seal is recorded");
 
     let output = migrate().run();
@@ -99,6 +106,9 @@ fn data_of_3_4_reaches_3_6_through_a_sealed_3_5_even_when_killed_while_sealing()
 
 #[test]
 fn keys_never_converted_from_the_v2_store_stop_the_seal_and_stay() {
+    if !releases_present(&["3.5.33", "3.6.14"]) {
+        return;
+    }
     let dir = TempDir::new("lineage-v2-keys");
     let data = dir.join("data");
     let peer = format!("http://localhost:{}", free_port());
@@ -116,8 +126,8 @@ fn keys_never_converted_from_the_v2_store_stop_the_seal_and_stay() {
     let output = Migrator::new(&data, &peer).args(&["--target-version", "3.6.14", "--migrate-only"]).run();
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains("keys written through the v2 API"), "{}", stderr(&output));
-    assert_eq!(version_txt(&data), "3.5.30/etcd3", "3.6 never opened the data");
-    let etcd = TestEtcd::start_with("3.5.30", &data, "m", &peer, &[]);
+    assert_eq!(version_txt(&data), "3.5.33/etcd3", "3.6 never opened the data");
+    let etcd = TestEtcd::start_with("3.5.33", &data, "m", &peer, &[]);
     assert_eq!(etcd.all_keys(), BTreeMap::from([("/registry/pods/p".to_string(), b"pod".to_vec())]));
     let v2 = block_on(V2Client::new(etcd.endpoint()).leaves("/legacy")).unwrap();
     assert_eq!(v2.len(), 1, "the v2 key is still there: {v2:?}");

@@ -21,17 +21,54 @@ use etcd_migrate::etcd_process::{EtcdError, EtcdProcess, EtcdSpec};
 use etcd_migrate::release;
 use sha2::{Digest, Sha256};
 
-/// The directory holding etcd-X.Y.Z and etcdctl-X.Y.Z.
+/// The releases the package registries serve (Debian's and PyPI's), which `image/fetch-etcd.sh` fetches
+/// on every machine: a test may use them without saying so. Every other release comes only from
+/// `ETCD_RELEASE_MIRROR`, and a test that uses one starts with [`releases_present`].
+pub const REGISTRY_RELEASES: [&str; 5] = ["3.3.25", "3.4.23", "3.5.1", "3.5.16", "3.5.30"];
+
+/// The directory holding etcd-X.Y.Z and etcdctl-X.Y.Z (`ETCD_BIN_DIR`, else `image/fetch-etcd.sh`'s
+/// cache), with every registry release in it.
 pub fn etcd_bin_dir() -> PathBuf {
     let dir = std::env::var_os("ETCD_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/etcd-migrate/etcd")
     });
-    assert!(
-        dir.join("etcd-3.3.25").exists(),
-        "no etcd releases in {}: run image/fetch-etcd.sh",
-        dir.display()
-    );
+    let missing = missing_releases(&dir, &REGISTRY_RELEASES);
+    assert!(missing.is_empty(), "no etcd {missing:?} in {}: run image/fetch-etcd.sh", dir.display());
     dir
+}
+
+/// Whether the bin dir holds every release in `versions`. Where it lacks some, the test is not run: this
+/// says `NOT RUN: <test> needs etcd <the missing ones> (set ETCD_RELEASE_MIRROR)` on stderr, past the
+/// test harness's capture (tests/run.sh counts these lines apart from the passes), and the test returns.
+pub fn releases_present(versions: &[&str]) -> bool {
+    let missing = missing_releases(&etcd_bin_dir(), versions);
+    if missing.is_empty() {
+        return true;
+    }
+    let line =
+        format!("NOT RUN: {} needs etcd {} (set ETCD_RELEASE_MIRROR)\n", test_name(), missing.join(" "));
+    // One write, so that the line is not interleaved with the harness's own output.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    false
+}
+
+/// The releases of `versions` that `dir` lacks a tool of, laid out as `image/fetch-etcd.sh` lays them
+/// out: etcd-X.Y.Z, etcdctl-X.Y.Z and, where the release ships it, etcdutl-X.Y.Z.
+pub fn missing_releases<'a>(dir: &Path, versions: &[&'a str]) -> Vec<&'a str> {
+    let has_all_tools = |version: &str| {
+        let mut tools = vec![release::Tool::Etcd, release::Tool::Etcdctl];
+        if release::capabilities(version.parse().unwrap()).etcdutl {
+            tools.push(release::Tool::Etcdutl);
+        }
+        tools.iter().all(|tool| dir.join(format!("{}-{version}", tool.name())).is_file())
+    };
+    versions.iter().copied().filter(|version| !has_all_tools(version)).collect()
+}
+
+/// `<test binary>::<test>`, as the harness names the running test's thread.
+pub fn test_name() -> String {
+    let test = std::thread::current().name().unwrap_or("a test").to_string();
+    format!("{}::{test}", env!("CARGO_CRATE_NAME"))
 }
 
 pub fn etcd(version: &str) -> PathBuf {
@@ -613,7 +650,7 @@ impl Drop for PausedRun {
 /// For a test that cannot reach its subject (`why`): under CI (`CI` set) it fails, since there everything
 /// must run; elsewhere it says so on stderr, past the test harness's capture, and the caller returns.
 pub fn cannot_run(why: &str) {
-    let test = std::thread::current().name().unwrap_or("a test").to_string();
+    let test = test_name();
     assert!(std::env::var_os("CI").is_none_or(|ci| ci.is_empty()), "{test} cannot run under CI: {why}");
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
