@@ -1,5 +1,6 @@
 //! The benchmark: how close a migration comes to the floor etcd itself sets, and the costs around it.
-//! Run with `cargo bench` (needs the etcd releases: `image/fetch-etcd.sh`). Prints a table and writes it,
+//! Run with `cargo bench` (needs the etcd releases: `image/fetch-etcd.sh --available`; the lineage row says
+//! NOT RUN without a release mirror). Prints a table and writes it,
 //! with the machine's CPU and the date, to bench/results.md. Medians of several runs; nothing here is
 //! asserted: the numbers are for reading.
 //!
@@ -75,7 +76,7 @@ fn main() {
         String::from_utf8(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().unwrap().stdout)
             .unwrap();
     let report = format!(
-        "# etcd-migrate benchmark\n\n{} on {cpu} ({} cores), medians of {RUNS} runs unless noted.\n\n{table}\nRerun: `image/fetch-etcd.sh && cargo bench`.\n",
+        "# etcd-migrate benchmark\n\n{} on {cpu} ({} cores), medians of {RUNS} runs unless noted.\n\n{table}\nRerun: `image/fetch-etcd.sh --available && cargo bench`.\n",
         date.trim(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
@@ -339,7 +340,7 @@ impl Bench {
         let bin = std::env::var_os("ETCD_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/etcd-migrate/etcd")
         });
-        assert!(bin.join("etcd-3.3.25").exists(), "run image/fetch-etcd.sh first");
+        assert!(bin.join("etcd-3.3.25").exists(), "run image/fetch-etcd.sh --available first");
         let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/work");
         let _ = fs::remove_dir_all(&work);
         fs::create_dir_all(&work).unwrap();
@@ -449,8 +450,21 @@ impl Bench {
 
     fn lineage_chain(&self) -> Row {
         const RELEASES: [&str; 9] =
-            ["2.3.7", "3.0.17", "3.1.20", "3.2.32", "3.3.25", "3.4.23", "3.5.30", "3.6.14", "3.7.1"];
+            ["2.3.7", "3.0.17", "3.1.20", "3.2.32", "3.3.25", "3.4.23", "3.5.33", "3.6.14", "3.7.1"];
         const CHAIN_RUNS: usize = 3;
+        let what = format!(
+            "the lineage, 2.2.1/etcd2 → 3.7.1/etcd3 (11 steps, 300 keys, backups included; median of {CHAIN_RUNS})"
+        );
+        let absent: Vec<&str> = ["2.2.1"]
+            .iter()
+            .chain(&RELEASES)
+            .copied()
+            .filter(|release| !self.bin.join(format!("etcd-{release}")).exists())
+            .collect();
+        if !absent.is_empty() {
+            let not_run = format!("NOT RUN: needs etcd {} (set ETCD_RELEASE_MIRROR)", absent.join(" "));
+            return (what, not_run, "≤ 1.5".into());
+        }
         let peer = free_port();
         let fixture = self.etcd2_lineage_fixture(peer);
         let data = self.work.join("chain");
@@ -472,9 +486,7 @@ impl Bench {
         }
         let (ours, floor) = (median(ours), median(floor));
         (
-            format!(
-                "the lineage, 2.2.1/etcd2 → 3.7.1/etcd3 (11 steps, 300 keys, backups included; median of {CHAIN_RUNS})"
-            ),
+            what,
             format!(
                 "{:.2} ({ours:.2} s vs {floor:.2} s of bare etcd, one start of each of its {} releases)",
                 ours / floor,

@@ -192,7 +192,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   sed 's/^/  /' "$failures" >&2
   if [ "$available" = true ] && [ ${#failed_registry[@]} -eq 0 ]; then
-    echo "fetch-etcd.sh: not available here, so the tests needing them will say NOT RUN: etcd ${missing[*]} ($how)" >&2
+    echo "fetch-etcd.sh: not available here (tests needing them say NOT RUN): etcd ${missing[*]} ($how)" >&2
   else
     echo "fetch-etcd.sh: cannot get etcd ${missing[*]}: $how" >&2
     exit 1

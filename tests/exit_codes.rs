@@ -60,7 +60,6 @@ fn a_damaged_journal_exits_2_with_the_data_dir_byte_identical() {
 /// serves is 3.5.30: a plan to 3.6 from an image whose newest 3.5 is 3.5.30 is refused, naming the
 /// floor, with nothing changed, whether the data is at 3.4 or already at 3.5.30.
 const BELOW_THE_3_6_FLOOR: &str = "etcd documents 3.6.x as safe only from 3.5.32 or later, and the newest bundled 3.5.x is 3.5.30: bundle etcd 3.5.32 or later";
-const BUNDLED_UP_TO_3_6: &str = "3.3.25,3.4.23,3.5.16,3.5.30,3.6.14";
 
 #[test]
 fn a_plan_to_3_6_with_3_5_30_the_newest_3_5_bundled_exits_2_naming_the_floor() {
@@ -71,8 +70,8 @@ fn a_plan_to_3_6_with_3_5_30_the_newest_3_5_bundled_exits_2_naming_the_floor() {
         make_etcd3_data(written_by, &data, &peer, &sample_keys());
         let before = tree_fingerprint(&data);
         let plan = Migrator::new(&data, &peer)
-            .env("BUNDLED_VERSIONS", BUNDLED_UP_TO_3_6)
-            .args(&["plan", "--target-version", "3.6.14"])
+            .env("BUNDLED_VERSIONS", "3.3.25,3.4.23,3.5.16,3.5.30,3.6.0")
+            .args(&["plan", "--target-version", "3.6.0"])
             .run();
         assert_eq!(plan.status.code(), Some(2), "{}", stderr(&plan));
         assert!(stderr(&plan).contains(BELOW_THE_3_6_FLOOR), "{}", stderr(&plan));
@@ -92,7 +91,7 @@ fn a_run_to_3_6_with_3_5_30_the_newest_3_5_bundled_exits_2_naming_the_floor() {
     let data = dir.join("data");
     let peer = peer_url();
     make_etcd3_data("3.5.30", &data, &peer, &sample_keys());
-    let migrator = Migrator::new(&data, &peer).env("BUNDLED_VERSIONS", BUNDLED_UP_TO_3_6);
+    let migrator = Migrator::new(&data, &peer).env("BUNDLED_VERSIONS", "3.3.25,3.4.23,3.5.16,3.5.30,3.6.14");
     assert_exits_2_and_nothing_changed(&dir, migrator, "3.6.14", BELOW_THE_3_6_FLOOR);
     assert_eq!(version_txt(&data), "3.5.30/etcd3");
 }
