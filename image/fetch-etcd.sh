@@ -171,6 +171,8 @@ for version in "${versions[@]}"; do
     fetched=true
     fetch "$version" >"$log" 2>&1 || fetched=false
     rm -rf "$work"
+    # What a failed fetch cached (a release that reports another version) must not pass for the release.
+    [ "$fetched" = true ] || rm -f "$cache/etcd-$version" "$cache/etcdctl-$version" "$cache/etcdutl-$version"
     [ "$fetched" = false ] || continue
     { echo "etcd $version:"; tail -n 5 "$log"; } >>"$failures"
     if [ "$source" = packages ] && in_registry "$version"; then failed_registry+=("$version"); fi

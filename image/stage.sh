@@ -30,6 +30,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$out" ] || { echo "usage: stage.sh [--source official|packages|mirror] [--binary PATH] OUT" >&2; exit 2; }
+case "$source" in
+  official | packages | mirror) ;;
+  *) echo "stage.sh: --source is official, packages or mirror, not $source" >&2; exit 2 ;;
+esac
 default_versions="3.3.25 3.4.23 3.5.16"
 [ "$source" = official ] && default_versions="3.5.12"
 read -r -a versions <<<"${BUNDLED_ETCD_VERSIONS:-$default_versions}"
@@ -69,10 +73,7 @@ printf 'root:x:0:0:root:/:/sbin/nologin\netcd:x:65532:65532:etcd:/var/etcd:/sbin
 printf 'root:x:0:\netcd:x:65532:\n' >"$rootfs/etc/group"
 printf '127.0.0.1 localhost\n::1 localhost\n' >"$rootfs/etc/hosts"
 
-case "$source" in
-  official | packages | mirror) cache=$("$here/fetch-etcd.sh" --source "$source" "${versions[@]}" | tail -n 1) ;;
-  *) echo "stage.sh: --source is official, packages or mirror, not $source" >&2; exit 2 ;;
-esac
+cache=$("$here/fetch-etcd.sh" --source "$source" "${versions[@]}" | tail -n 1)
 for v in "${versions[@]}"; do
   for tool in etcd etcdctl etcdutl; do
     if [ -e "$cache/$tool-$v" ]; then install -m 0755 "$cache/$tool-$v" "$rootfs/usr/local/bin/$tool-$v"; fi

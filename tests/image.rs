@@ -68,6 +68,7 @@ fn stage_and_build(dir: &Path) {
         .args(["--source", "packages", "--binary", env!("CARGO_BIN_EXE_etcd-migrate")])
         .arg(dir)
         .env("BUNDLED_ETCD_VERSIONS", "3.3.25 3.4.23 3.5.16")
+        .env("ETCD_CACHE", etcd_bin_dir())
         .output()
         .unwrap();
     assert!(stage.status.success(), "stage.sh: {}", String::from_utf8_lossy(&stage.stderr));

@@ -9,6 +9,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use etcd_migrate::client::v2::V2Client;
 use support::*;
 
 /// A test on a release the registries serve: it starts etcd 3.4.23 and reads back what it wrote.
@@ -24,21 +25,24 @@ fn guarded_by_a_registry_release() {
     println!("ran on etcd 3.4.23");
 }
 
-/// A test that also needs a release only a mirror provides: it writes through etcd 2.2.1's v2 API.
+/// A test that also needs a release only a mirror provides: the v2 client writes and reads back the same
+/// through etcd 2.2.1's v2 API as through 3.4.23's.
 #[test]
 fn guarded_by_a_mirror_release() {
     if !releases_present(&["3.4.23", "2.2.1"]) {
         return;
     }
-    let dir = TempDir::new("guarded-mirror");
-    let etcd = TestEtcd::start("2.2.1", &dir.join("data"));
-    etcd.v2_set("/registry/k", "v", None);
-    let leaves =
-        block_on(etcd_migrate::client::v2::V2Client::new(etcd.endpoint()).leaves("/registry")).unwrap();
-    assert_eq!(
-        leaves.iter().map(|leaf| (leaf.key.as_str(), leaf.value.as_str())).collect::<Vec<_>>(),
-        [("/registry/k", "v")]
-    );
+    for version in ["2.2.1", "3.4.23"] {
+        let dir = TempDir::new("guarded-mirror");
+        let etcd = TestEtcd::start(version, &dir.join("data"));
+        let v2 = V2Client::new(etcd.endpoint());
+        block_on(v2.set("/registry/k", "v", Some(600))).unwrap();
+        let leaves = block_on(v2.leaves("/registry")).unwrap();
+        let found: Vec<(&str, &str)> =
+            leaves.iter().map(|leaf| (leaf.key.as_str(), leaf.value.as_str())).collect();
+        assert_eq!(found, [("/registry/k", "v")], "{version}");
+        assert!(leaves[0].ttl.is_some_and(|ttl| ttl > 0 && ttl <= 600), "{version}: {leaves:?}");
+    }
     println!("ran on etcd 2.2.1");
 }
 

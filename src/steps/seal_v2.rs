@@ -19,7 +19,7 @@ use tracing::info;
 
 use super::{Context, StepError, v2_snapshot};
 use crate::etcdctl::{Etcdctl, EtcdctlError};
-use crate::release::Tool;
+use crate::release::{self, Tool};
 use crate::version::{EtcdState, Version};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -35,7 +35,12 @@ async fn check_v2store(ctx: &Context<'_>, version: Version, data_dir: &Path) -> 
     let args = ["check".into(), "v2store".into(), "--data-dir".into(), data_dir.display().to_string()];
     match etcdutl.run(&args, CHECK_TIMEOUT).await {
         Ok(output) => {
-            info!(etcdutl = output.trim(), "v2 store sealed");
+            let checked = if release::capabilities(version).v2store_check_reads_wal {
+                "the v2 snapshot and the WAL past it"
+            } else {
+                "the v2 snapshot"
+            };
+            info!(etcdutl = output.trim(), checked, "v2 store sealed");
             Ok(())
         }
         Err(EtcdctlError::Failed { stderr, .. }) if holds_v2_keys(&stderr) => {
