@@ -53,13 +53,13 @@ fn releases_no_registry_serves_and_no_mirror_provides_are_named_on_one_line() {
     );
 }
 
-/// A mirror holding etcd 3.5.16's release archive: `etcd-v3.5.16-linux-amd64.tar.gz` and a SHA256SUMS
-/// listing it, in `layout`'s folder under `dir`.
-fn mirror_of_3_5_16(dir: &TempDir, layout: &str) -> String {
+/// A mirror holding etcd 3.5.16's release archive, `etcd-v3.5.16-linux-amd64.tar.gz`, and a SHA256SUMS
+/// listing it, in `layout`'s folder under `dir`; the archive holds the tools of release `packed`.
+fn mirror_of_3_5_16(dir: &TempDir, layout: &str, packed: &str) -> String {
     let staging = dir.join("staging/etcd-v3.5.16-linux-amd64");
     fs::create_dir_all(&staging).unwrap();
     for tool in ["etcd", "etcdctl", "etcdutl"] {
-        fs::copy(etcd_bin_dir().join(format!("{tool}-3.5.16")), staging.join(tool)).unwrap();
+        fs::copy(etcd_bin_dir().join(format!("{tool}-{packed}")), staging.join(tool)).unwrap();
     }
     let folder = dir.join(layout);
     fs::create_dir_all(&folder).unwrap();
@@ -82,7 +82,7 @@ fn mirror_of_3_5_16(dir: &TempDir, layout: &str) -> String {
 fn a_mirror_is_read_flat_or_one_folder_per_release_and_only_when_its_sums_match() {
     for layout in ["flat", "per-release/v3.5.16"] {
         let dir = TempDir::new("fetch-mirror");
-        let mirror = mirror_of_3_5_16(&dir, layout);
+        let mirror = mirror_of_3_5_16(&dir, layout, "3.5.16");
         let cache = dir.join("cache");
         let output = fetch(&cache, Some(&mirror), &["--source", "mirror", "3.5.16"]);
         assert!(output.status.success(), "{layout}: {output:?}");
@@ -94,7 +94,7 @@ fn a_mirror_is_read_flat_or_one_folder_per_release_and_only_when_its_sums_match(
     }
 
     let dir = TempDir::new("fetch-tampered");
-    let mirror = mirror_of_3_5_16(&dir, "flat");
+    let mirror = mirror_of_3_5_16(&dir, "flat", "3.5.16");
     let archive = dir.join("flat/etcd-v3.5.16-linux-amd64.tar.gz");
     let mut bytes = fs::read(&archive).unwrap();
     bytes.push(0);
@@ -109,4 +109,16 @@ fn a_mirror_is_read_flat_or_one_folder_per_release_and_only_when_its_sums_match(
         "{said:?}"
     );
     assert_eq!(fs::read_dir(&cache).unwrap().count(), 0, "nothing cached from a tampered archive");
+}
+
+#[test]
+fn an_archive_whose_tools_report_another_release_is_not_cached() {
+    let dir = TempDir::new("fetch-mislabelled");
+    let mirror = mirror_of_3_5_16(&dir, "flat", "3.5.30");
+    let cache = dir.join("cache");
+    let output = fetch(&cache, Some(&mirror), &["--source", "mirror", "3.5.16"]);
+    assert_eq!(output.status.code(), Some(1));
+    let said = stderr_lines(&output);
+    assert!(said.iter().any(|line| line.contains("does not report version 3.5.16")), "{said:?}");
+    assert_eq!(fs::read_dir(&cache).unwrap().count(), 0, "nothing cached that claims to be 3.5.16");
 }
