@@ -69,12 +69,12 @@ fn not_run_lines(said: &str) -> Vec<&str> {
 
 /// A bin dir holding only the registry releases: links to those of the real one.
 fn registry_only_bin_dir(dir: &TempDir) -> std::path::PathBuf {
-    let bin = dir.join("bin");
+    let (real, bin) = (etcd_bin_dir(), dir.join("bin"));
     fs::create_dir(&bin).unwrap();
-    for entry in fs::read_dir(etcd_bin_dir()).unwrap() {
+    for entry in fs::read_dir(&real).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         if REGISTRY_RELEASES.iter().any(|version| name.ends_with(&format!("-{version}"))) {
-            std::os::unix::fs::symlink(etcd_bin_dir().join(&name), bin.join(&name)).unwrap();
+            std::os::unix::fs::symlink(real.join(&name), bin.join(&name)).unwrap();
         }
     }
     bin
