@@ -2,6 +2,8 @@
 //! loopback ports, temp dirs, a real etcd to write fixtures with, and the migrator binary.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod cluster;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
