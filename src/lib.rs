@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod bbolt;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod data_dir;
 pub mod durable;
@@ -28,3 +29,4 @@ pub mod swap;
 pub mod verify;
 pub mod version;
 pub mod version_file;
+pub mod wal;

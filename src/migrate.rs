@@ -10,12 +10,12 @@ use tracing::{info, warn};
 
 use crate::backup::{self, BackupError};
 use crate::config::Config;
-use crate::data_dir::{self, Current, DataDir, DataDirError, Facts};
+use crate::data_dir::{self, Current, DataDir, DataDirError};
 use crate::journal::{self, Journal, JournalError};
 use crate::plan::{self, Plan, PlanError};
 use crate::preflight::{self, PreflightError};
 use crate::steps::{self, Context, StepError};
-use crate::version::EtcdState;
+use crate::version::{EtcdState, Minor};
 use crate::version_file::{self, VersionFileError};
 
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +151,9 @@ async fn run(config: &Config, progress: &mut Progress) -> Result<(), MigrateErro
     if facts.version_file.is_none() {
         warn!(current = %current, "no version.txt: taking the data to be {current}");
     }
-    let plan = plan_for(config, current, &facts)?;
+    let cluster =
+        if config.is_cluster_member() { facts.db_minor.max(peers_lowest_minor(&ctx).await) } else { None };
+    let plan = plan_for(config, current, cluster)?;
     if plan.steps.is_empty() {
         if facts.version_file.is_none() {
             progress.changing();
@@ -164,14 +166,32 @@ async fn run(config: &Config, progress: &mut Progress) -> Result<(), MigrateErro
     run_steps(&ctx, &plan, progress).await
 }
 
-/// The plan from `current` to the target, with the extra rules for a member of a cluster. The one way
-/// both `migrate` and the read-only `plan` command plan.
-pub fn plan_for(config: &Config, current: EtcdState, facts: &Facts) -> Result<Plan, PlanError> {
+/// The plan from `current` to the target, with the extra rules for a member of a cluster running at
+/// `cluster` (see [`plan::check_member_of_cluster`]). The one way both `migrate` and the read-only
+/// `plan` command plan.
+pub fn plan_for(config: &Config, current: EtcdState, cluster: Option<Minor>) -> Result<Plan, PlanError> {
     let plan = plan::plan(current, config.target(), &config.bundled, &config.storage_media_type)?;
     if config.is_cluster_member() {
-        plan::check_member_of_cluster(&plan, facts.db_minor)?;
+        plan::check_member_of_cluster(&plan, cluster)?;
     }
     Ok(plan)
+}
+
+/// The lowest minor the peers run, when every one of them answers: a member whose data last saw an
+/// older cluster (it was stopped while its peers moved on) may catch up to them. Says what each peer
+/// answered.
+async fn peers_lowest_minor(ctx: &Context<'_>) -> Option<Minor> {
+    let answers = ctx.ask_peers().await;
+    let said: Vec<String> = answers
+        .0
+        .iter()
+        .map(|(peer, answer)| match answer {
+            Some(versions) => format!("{peer} runs {} (cluster {})", versions.server, versions.cluster),
+            None => format!("{peer} does not answer"),
+        })
+        .collect();
+    info!("peers: {}", said.join("; "));
+    answers.lowest_server_minor()
 }
 
 async fn resume(ctx: &Context<'_>, unfinished: &mut Journal) -> Result<(), MigrateError> {
@@ -199,6 +219,10 @@ async fn run_steps(ctx: &Context<'_>, plan: &Plan, progress: &mut Progress) -> R
     let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
     for (index, &step) in plan.steps.iter().enumerate() {
         let at = step.before();
+        if index > 0 && ctx.config.is_cluster_member() {
+            // The previous step may have moved the cluster (or not): its data says where it stands now.
+            plan::check_step_in_cluster(&step, data_dir::inspect(data_dir.path())?.db_minor)?;
+        }
         if plan.backup_before(index) {
             let label = at.to_string().replace('/', "-");
             let made = backup::create(data_dir.path(), &label, &policy)?;

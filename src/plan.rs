@@ -32,9 +32,10 @@ pub const JSON_MEDIA_TYPE: &str = "application/json";
 pub enum Step {
     /// Start etcd `to` on the data dir until healthy, then stop it: a one-minor upgrade, or a patch change.
     InPlace { from: EtcdState, to: EtcdState },
-    /// The last step on a release with a v2 store (the newest bundled 3.5) before one without: like
-    /// `InPlace`, then a v2 snapshot forced past every v2 record in the WAL, checked with `etcdutl check
-    /// v2store`, so that the next minor (3.6) opens the data.
+    /// The last step on a minor before one that replays less of the WAL (the newest bundled 3.5 before
+    /// 3.6, which has no v2 store; the newest 3.6 before 3.7, which applies no v2 request at all): like
+    /// `InPlace`, then a snapshot forced past every earlier WAL record, checked (3.5: `etcdutl check
+    /// v2store`; 3.6: the WAL read past that snapshot), so that the next minor opens the data.
     SealV2 { from: EtcdState, to: EtcdState },
     /// Convert v2-store data to the v3 store with `etcdctl-<at> migrate`, then reattach TTL keys to leases.
     ConvertToEtcd3 { at: Version },
@@ -75,9 +76,13 @@ pub enum PlanError {
     )]
     AheadOfCluster { cluster: Minor, next: Minor, target: Minor },
     #[error(
-        "{0} of a multi-member cluster cannot be done member by member: restore every member from one snapshot taken at the target version"
+        "{0} of a multi-member cluster cannot be done member by member: stop every member, take one snapshot (etcdctl snapshot save) and restore it on each member with the target version's etcdctl snapshot restore"
     )]
     NotMemberByMember(&'static str),
+    #[error(
+        "a cluster goes down one minor at a time: take every member to {next} first (one member at a time), then to {target}"
+    )]
+    OneMinorDownAtATime { next: Minor, target: Minor },
 }
 
 impl Step {
@@ -117,7 +122,9 @@ impl Step {
         };
         let mut tools: Vec<(Tool, Version)> =
             releases.into_iter().flat_map(|v| [(Tool::Etcd, v), (Tool::Etcdctl, v)]).collect();
-        if let Step::SealV2 { to, .. } = *self {
+        if let Step::SealV2 { to, .. } = *self
+            && release::capabilities(to.version).v2_store
+        {
             tools.push((Tool::Etcdutl, to.version));
         }
         tools
@@ -184,22 +191,42 @@ impl Plan {
     }
 }
 
-/// The extra rules for one member of a multi-member cluster, given the cluster version its data last
-/// saw (`member/snap/db`): it may only move up, in place, to at most one minor past that cluster version
-/// (etcd runs a cluster at its lowest member's minor); rebuilding or converting one member alone would
-/// split it from its peers.
+/// The extra rules for one member of a multi-member cluster. `cluster` is the lowest minor its cluster
+/// runs at: the cluster version its data last saw (`member/snap/db`), or, where every peer answered and
+/// all run a newer minor, that one (a member stopped while its peers moved on catches up to them).
+///
+/// etcd runs a cluster at its lowest member's minor, so a member moves up at most one minor past it
+/// (checked again before each step by [`check_step_in_cluster`], against what the data says then). It
+/// moves down only by etcd's online downgrade (3.6 on), one minor per roll: the next minor down needs
+/// every member at this one first. Rebuilding or converting one member alone would split it from its
+/// peers.
 pub fn check_member_of_cluster(plan: &Plan, cluster: Option<Minor>) -> Result<(), PlanError> {
+    let mut online_downgrades = plan.steps.iter().filter(|step| matches!(step, Step::OnlineDowngrade { .. }));
     for step in &plan.steps {
         match step {
-            Step::InPlace { .. } | Step::SealV2 { .. } => {}
+            Step::InPlace { .. } | Step::SealV2 { .. } | Step::OnlineDowngrade { .. } => {}
             Step::ConvertToEtcd3 { .. } => return Err(PlanError::NotMemberByMember("converting etcd2 data")),
-            Step::Downgrade { .. } | Step::OnlineDowngrade { .. } | Step::RollbackToEtcd2 { .. } => {
-                return Err(PlanError::NotMemberByMember("a downgrade"));
+            Step::Downgrade { .. } | Step::RollbackToEtcd2 { .. } => {
+                return Err(PlanError::NotMemberByMember(
+                    "a downgrade below 3.6 (etcd's online downgrade starts at 3.6)",
+                ));
             }
         }
     }
-    let (Some(cluster), Some(last)) = (cluster, plan.steps.last()) else { return Ok(()) };
-    let target = last.after().version.minor();
+    if let (Some(first), Some(_)) = (online_downgrades.next(), online_downgrades.next()) {
+        return Err(PlanError::OneMinorDownAtATime {
+            next: first.after().version.minor(),
+            target: plan.target.version.minor(),
+        });
+    }
+    plan.steps.last().map_or(Ok(()), |last| check_step_in_cluster(last, cluster))
+}
+
+/// Whether a member of a cluster last seen at `cluster` may take `step` now: it may not end more than one
+/// minor past the cluster.
+pub fn check_step_in_cluster(step: &Step, cluster: Option<Minor>) -> Result<(), PlanError> {
+    let Some(cluster) = cluster else { return Ok(()) };
+    let target = step.after().version.minor();
     match cluster.next() {
         Some(next) if target > next => Err(PlanError::AheadOfCluster { cluster, next, target }),
         _ => Ok(()),
@@ -289,10 +316,11 @@ impl Planner<'_> {
             } else {
                 self.require_patch(next_minor, "pass through it on the way up")?
             };
-            if release::capabilities(at(&steps).version).v2_store && !release::capabilities(version).v2_store
-            {
-                let newest =
-                    self.require_patch(minor, "seal its v2 store for the next minor, which has none")?;
+            if release::seal_before(at(&steps).version, version) {
+                let newest = self.require_patch(
+                    minor,
+                    "seal the WAL for the next minor, which cannot replay its v2 records",
+                )?;
                 steps.push(Step::SealV2 { from: at(&steps), to: state(newest) });
             } else if let Some(newest) =
                 self.highest_patch(minor).filter(|&newest| newest > at(&steps).version)
@@ -445,8 +473,15 @@ mod tests {
                 "in-place 3.4.23/etcd3 -> 3.5.33/etcd3",
                 "seal-v2 3.5.33/etcd3 -> 3.5.33/etcd3",
                 "in-place 3.5.33/etcd3 -> 3.6.14/etcd3",
+                "seal-v2 3.6.14/etcd3 -> 3.6.14/etcd3",
                 "in-place 3.6.14/etcd3 -> 3.7.1/etcd3",
             ]
+        );
+        // The seal before 3.7 reads the WAL itself: 3.6 has no `etcdutl check v2store`.
+        let seal = plan(state("3.6.14/etcd3"), state("3.7.1/etcd3"), &versions(LINEAGE), PROTOBUF).unwrap();
+        assert_eq!(
+            seal.steps[0].tools(),
+            [(Tool::Etcd, Version::new(3, 6, 14)), (Tool::Etcdctl, Version::new(3, 6, 14))]
         );
         assert_eq!(
             render("3.5.1/etcd3", "3.6.14/etcd3", LINEAGE, PROTOBUF).unwrap(),
@@ -481,8 +516,11 @@ mod tests {
         // Skipping 3.6 is refused too: 3.7.1 panics on 3.5 data.
         let err = render("3.5.30/etcd3", "3.7.1/etcd3", "3.5.30 3.7.1", PROTOBUF).unwrap_err();
         assert!(matches!(err, PlanError::MissingMinor { minor, .. } if minor == Minor::new(3, 6)), "{err}");
-        let err = render("3.6.0/etcd3", "3.7.1/etcd3", "3.7.1", PROTOBUF).unwrap_err();
+        let err = render("3.6.0/etcd3", "3.7.1/etcd3", "3.6.5 3.7.1", PROTOBUF).unwrap_err();
         assert!(matches!(err, PlanError::BelowFloor { floor, .. } if floor == Version::new(3, 6, 11)));
+        // Without any 3.6 bundled, nothing can seal the WAL before 3.7.
+        let err = render("3.6.0/etcd3", "3.7.1/etcd3", "3.7.1", PROTOBUF).unwrap_err();
+        assert!(matches!(err, PlanError::MissingMinor { minor, .. } if minor == Minor::new(3, 6)), "{err}");
     }
 
     #[test]
@@ -753,10 +791,24 @@ mod tests {
         );
         assert!(err.to_string().contains("upgrade every member to 3.4 first"));
         let down = plan(state("3.5.16/etcd3"), state("3.4.23/etcd3"), &bundled, PROTOBUF).unwrap();
-        assert!(matches!(
-            check_member_of_cluster(&down, Some(Minor::new(3, 5))),
-            Err(PlanError::NotMemberByMember(_))
-        ));
+        let err = check_member_of_cluster(&down, Some(Minor::new(3, 5))).unwrap_err();
+        assert!(matches!(err, PlanError::NotMemberByMember(_)), "{err}");
+        assert!(err.to_string().contains("snapshot restore"), "{err}");
+        // From 3.6 on, etcd's online downgrade rolls a cluster down member by member, one minor a roll.
+        let lineage = versions(LINEAGE);
+        let down = |from: &str, to: &str| plan(state(from), state(to), &lineage, PROTOBUF).unwrap();
+        let at_3_7 = Some(Minor::new(3, 7));
+        assert_eq!(check_member_of_cluster(&down("3.7.1/etcd3", "3.6.14/etcd3"), at_3_7), Ok(()));
+        assert_eq!(check_member_of_cluster(&down("3.6.14/etcd3", "3.5.33/etcd3"), at_3_7), Ok(()));
+        assert_eq!(
+            check_member_of_cluster(&down("3.7.1/etcd3", "3.5.33/etcd3"), at_3_7),
+            Err(PlanError::OneMinorDownAtATime { next: Minor::new(3, 6), target: Minor::new(3, 5) })
+        );
+        // Each step is checked against the cluster as the data says it then.
+        let up = up("3.3.25/etcd3", "3.5.16/etcd3");
+        assert_eq!(check_step_in_cluster(&up.steps[0], Some(Minor::new(3, 3))), Ok(()));
+        assert!(check_step_in_cluster(&up.steps[1], Some(Minor::new(3, 3))).is_err());
+        assert_eq!(check_step_in_cluster(&up.steps[1], Some(Minor::new(3, 4))), Ok(()));
         let convert = plan(state("3.3.25/etcd2"), state("3.3.25/etcd3"), &bundled, PROTOBUF).unwrap();
         assert!(matches!(check_member_of_cluster(&convert, None), Err(PlanError::NotMemberByMember(_))));
     }

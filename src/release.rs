@@ -36,6 +36,10 @@ pub struct Capabilities {
     /// request that 3.6 would refuse to replay ("custom v2 content in WAL records"), not only on keys in
     /// the snapshot. etcd documents it from 3.5.32 and 3.6.13.
     pub v2store_check_reads_wal: bool,
+    /// Replays the v2 requests that etcd 3.5 and older wrote to the WAL (2.x–3.6; 3.6 only the member
+    /// attributes and cluster version that 3.5 proposes as v2 `PUT`s). 3.7 parses every entry as a v3
+    /// request and panics on them ("unmarshal should never fail").
+    pub replays_v2_requests: bool,
     /// The lowest patch of the previous minor that etcd documents as safe to upgrade to this minor
     /// from; `None` where etcd documents none.
     pub upgrade_floor: Option<Version>,
@@ -65,6 +69,7 @@ pub fn capabilities(version: Version) -> Capabilities {
         etcdctl_needs_api_3: v3 && !at_least(6),
         etcdutl: at_least(5),
         downgrade_api: at_least(6),
+        replays_v2_requests: !at_least(7),
         v2store_check_reads_wal: match (major, minor) {
             (3, 5) => version.patch >= 32,
             (3, 6) => version.patch >= 13,
@@ -76,6 +81,14 @@ pub fn capabilities(version: Version) -> Capabilities {
             _ => None,
         },
     }
+}
+
+/// Whether leaving `from` for `to` needs a seal on `from` first: a snapshot forced past every WAL record
+/// that `to` cannot replay, because it drops the v2 store (3.5 → 3.6) or v2 requests altogether (3.6 →
+/// 3.7).
+pub fn seal_before(from: Version, to: Version) -> bool {
+    let (from, to) = (capabilities(from), capabilities(to));
+    (from.v2_store && !to.v2_store) || (from.replays_v2_requests && !to.replays_v2_requests)
 }
 
 /// A bundled command-line tool of a release.
@@ -168,6 +181,14 @@ mod tests {
         assert_eq!(with(|c| c.etcdutl), ["3.5.16", "3.6.14", "3.7.1"]);
         assert_eq!(with(|c| c.lease_time_to_live)[0], "3.1.20");
         assert_eq!(with(|c| c.downgrade_api), ["3.6.14", "3.7.1"]);
+    }
+
+    #[test]
+    fn a_seal_comes_before_each_minor_that_replays_less_of_the_wal() {
+        let seal = |from: &str, to: &str| seal_before(from.parse().unwrap(), to.parse().unwrap());
+        assert!(seal("3.5.33", "3.6.14") && seal("3.6.14", "3.7.1"));
+        assert!(!seal("3.4.23", "3.5.33") && !seal("3.6.11", "3.6.14") && !seal("3.7.1", "3.7.2"));
+        assert!(!seal("2.3.7", "3.0.17"));
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub fn plan(config: &Config) -> Result<String, MigrateError> {
         Current::Fresh => None,
         Current::At(state) => Some(state),
     };
-    let plan = current.map(|c| migrate::plan_for(config, c, &facts)).transpose()?;
+    let plan = current.map(|c| migrate::plan_for(config, c, facts.db_minor)).transpose()?;
     let unfinished = unfinished.map(|j| j.step.to_string());
     Ok(match config.output {
         Format::Json => {

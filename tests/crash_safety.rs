@@ -405,7 +405,7 @@ fn a_full_disk_fails_the_step_and_keeps_the_truth_and_the_backup() {
     };
     let mut paused = migrator();
     paused.command.stderr(Stdio::piped());
-    let pause = Pause::at("etcd-3.5.30-healthy");
+    let pause = Pause::at(&format!("etcd-{}-healthy", newest_bundled_patch("3.5")));
     let child = pause.spawn_paused(paused);
     // The data dir's file system fills up mid-step: the backup is made and the downgrade's source etcd, the newest 3.5, is up on the data, but
     // the snapshot the step takes into the data dir's work area is not.

@@ -37,6 +37,16 @@ impl TlsFiles {
     /// Reads `--trusted-ca-file`, `--cert-file` and `--key-file` out of etcd flags, in either the
     /// `--flag=value` or the `--flag value` form.
     pub fn from_etcd_args(args: &[String]) -> TlsFiles {
+        TlsFiles::from_prefixed_etcd_args(args, "")
+    }
+
+    /// The same for the peer side: `--peer-trusted-ca-file`, `--peer-cert-file`, `--peer-key-file`, what
+    /// a member presents to its peers (and what asking a peer's `/version` takes).
+    pub fn peer_from_etcd_args(args: &[String]) -> TlsFiles {
+        TlsFiles::from_prefixed_etcd_args(args, "peer-")
+    }
+
+    fn from_prefixed_etcd_args(args: &[String], prefix: &str) -> TlsFiles {
         let mut files = TlsFiles::default();
         let mut iter = args.iter().peekable();
         while let Some(arg) = iter.next() {
@@ -44,7 +54,8 @@ impl TlsFiles {
                 Some((flag, value)) => (flag, Some(value.to_string())),
                 None => (arg.as_str(), None),
             };
-            let slot = match flag.trim_start_matches('-') {
+            let Some(flag) = flag.trim_start_matches('-').strip_prefix(prefix) else { continue };
+            let slot = match flag {
                 "trusted-ca-file" => &mut files.ca,
                 "cert-file" => &mut files.cert,
                 "key-file" => &mut files.key,
@@ -165,5 +176,10 @@ mod tests {
         );
         let peer_only: Vec<String> = ["--peer-cert-file=/p.pem"].map(String::from).to_vec();
         assert_eq!(TlsFiles::from_etcd_args(&peer_only), TlsFiles::default());
+        assert_eq!(
+            TlsFiles::peer_from_etcd_args(&peer_only),
+            TlsFiles { cert: Some("/p.pem".into()), ..TlsFiles::default() }
+        );
+        assert_eq!(TlsFiles::peer_from_etcd_args(&args), TlsFiles::default());
     }
 }

@@ -1,5 +1,6 @@
 //! In place: start the next etcd on the data dir until healthy, then stop it. etcd itself upgrades the
-//! data (and the cluster version) when it starts; health proves it could. Entering etcd 3 from etcd 2,
+//! data (and the cluster version) when it starts; health proves it could. A member of a cluster that
+//! moved to a new minor also waits for the cluster version to settle (`Context::settle_cluster_version`). Entering etcd 3 from etcd 2,
 //! a v2 snapshot is forced too (see `v2_snapshot`: later releases need one taken at 3.0 or later).
 
 use tracing::info;
@@ -12,6 +13,9 @@ pub async fn run(ctx: &Context<'_>, from: EtcdState, to: EtcdState) -> Result<()
         v2_snapshot::open_with_fresh_snapshot(ctx, to).await?;
     } else {
         let etcd = ctx.start_healthy(to.version, to.storage, ctx.data_dir.path()).await?;
+        if to.version.minor() != from.version.minor() {
+            ctx.settle_cluster_version(&etcd).await;
+        }
         ctx.stop(etcd).await?;
     }
     info!(to = %to, "data opened by etcd {}", to.version);

@@ -17,11 +17,12 @@ mod v2_snapshot;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::backup::BackupError;
-use crate::client::ClientError;
-use crate::client::v3::V3Client;
+use crate::client::v3::{self, V3Client};
+use crate::client::{ClientError, TlsFiles};
+use crate::cluster::{self, Peer, PeerVersions};
 use crate::config::Config;
 use crate::data_dir::{DataDir, DataDirError};
 use crate::etcd_process::{EtcdError, EtcdProcess, EtcdSpec};
@@ -55,6 +56,12 @@ pub enum StepError {
     #[error("{0}")]
     Failed(String),
 }
+
+/// How often a member without quorum says which peers it waits for.
+const QUORUM_REPORT_EVERY: Duration = Duration::from_secs(5);
+/// etcd's version monitor acts every 4 s; a cluster version that every member allows moves within two.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+const SETTLE_POLL: Duration = Duration::from_millis(500);
 
 /// What every step needs: the configuration and the locked data dir.
 pub struct Context<'a> {
@@ -92,14 +99,77 @@ impl Context<'_> {
         self.start_spec_healthy(self.etcd_spec(version, storage, data_dir)).await
     }
 
-    /// Starts etcd as `spec` says and waits until it is healthy.
+    /// Starts etcd as `spec` says and waits until it is healthy. A member of a cluster is healthy only
+    /// with quorum: while it has none, it says every few seconds which peers do not answer.
     pub async fn start_spec_healthy(&self, spec: EtcdSpec) -> Result<EtcdProcess, StepError> {
         let mut etcd = EtcdProcess::start(spec).await?;
-        etcd.wait_healthy(self.config.health_timeout).await?;
+        let timeout = self.config.health_timeout;
+        if self.config.is_cluster_member() {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match etcd.wait_healthy(QUORUM_REPORT_EVERY.min(left)).await {
+                    Ok(()) => break,
+                    Err(EtcdError::Unhealthy { binary, last_lines, .. }) if left <= QUORUM_REPORT_EVERY => {
+                        return Err(EtcdError::Unhealthy { binary, timeout, last_lines }.into());
+                    }
+                    Err(EtcdError::Unhealthy { .. }) => self.report_quorum(etcd.spec().version).await,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        } else {
+            etcd.wait_healthy(timeout).await?;
+        }
         info!(binary = %etcd.spec().binary.display(), pid = etcd.pid(), "hidden etcd is healthy");
         let binary = etcd.spec().binary.file_name().unwrap_or_default().to_string_lossy();
         faults::pause_async(&format!("{binary}-healthy")).await;
         Ok(etcd)
+    }
+
+    /// The other members, as this member's initial cluster names them.
+    pub fn peers(&self) -> Vec<Peer> {
+        cluster::peers(&self.config.initial_cluster, &self.config.name)
+    }
+
+    /// What every peer says of itself now, asked with this member's peer TLS files.
+    pub async fn ask_peers(&self) -> PeerVersions {
+        cluster::ask(&self.peers(), &TlsFiles::peer_from_etcd_args(&self.config.extra_args)).await
+    }
+
+    async fn report_quorum(&self, version: Version) {
+        let answers = self.ask_peers().await;
+        let silent = answers.silent();
+        if silent.is_empty() {
+            warn!("etcd {version} is not healthy yet; every peer answers: waiting for it to join them");
+        } else {
+            warn!(
+                "etcd {version} is not healthy yet, waiting for quorum: peers not answering: {}",
+                cluster::list(&silent)
+            );
+        }
+    }
+
+    /// In a cluster, after a member has moved to a new minor: waits until the cluster version its etcd
+    /// serves reaches the lowest minor any member now runs (etcd's version monitor moves it a few seconds
+    /// after the last member arrives), so that the data records it before the next step is checked
+    /// against it. A peer that does not answer, or runs an older minor, ends the wait at once: the
+    /// cluster stays where it is, and the next step's check says so.
+    pub async fn settle_cluster_version(&self, etcd: &EtcdProcess) {
+        if !self.config.is_cluster_member() {
+            return;
+        }
+        let own = etcd.spec().version.minor();
+        let check = async || {
+            let Some(lowest) = self.ask_peers().await.lowest_server_minor() else { return Ok(Ok(())) };
+            let cluster = v3::versions(etcd.endpoint()).await?.cluster;
+            let settled = cluster.parse::<Version>().is_ok_and(|cluster| cluster.minor() >= lowest.min(own));
+            Ok(if settled { Ok(()) } else { Err(cluster) })
+        };
+        let timed_out = |cluster| StepError::Failed(format!("the cluster version stayed at {cluster}"));
+        match wait_until(SETTLE_TIMEOUT, SETTLE_POLL, check, timed_out).await {
+            Ok(()) => {}
+            Err(e) => warn!("the cluster version did not settle within {SETTLE_TIMEOUT:?}: {e}"),
+        }
     }
 
     pub async fn stop(&self, etcd: EtcdProcess) -> Result<(), StepError> {

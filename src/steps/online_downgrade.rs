@@ -11,6 +11,12 @@
 //!    member is refused); the same keys, digest and lease grouping at the revision step 1 read at (a
 //!    lease can run out in between), or the step fails.
 //!
+//! In a cluster, rolled one member at a time (each member's pod with the lower target in turn): the
+//! first member validates and enables the downgrade and waits until etcd has lowered the cluster
+//! version; later members find it enabled (or the cluster already lowered) and skip step 2's enabling;
+//! each member's older etcd then rejoins its peers. Only the last member, the one whose every peer
+//! answers at the target minor, waits for etcd to end the job; the others do not wait for peers at all.
+//!
 //! Revisions, lease ids and remaining TTLs are kept: it is the same data, with a lower storage version.
 //! A run killed anywhere in between is redone from the start: the current minor opens the data in every
 //! state the step leaves (before the storage version is lowered, the older minor cannot).
@@ -23,6 +29,7 @@ use super::{Context, StepError, keyspace, wait_until};
 use crate::bbolt;
 use crate::client::TlsFiles;
 use crate::client::v3::{self, LATEST};
+use crate::cluster;
 use crate::data_dir;
 use crate::etcd_process::EtcdProcess;
 use crate::etcdctl::{Etcdctl, StorageStatus};
@@ -51,10 +58,20 @@ pub async fn run(
     faults::pause_async("online-downgrade-lowered").await;
 
     let etcd = ctx.start_healthy(to.version, Storage::Etcd3, data).await?;
-    wait_for_downgrade_job_end(&etcd, to.version).await?;
+    let peers_newer = ctx.ask_peers().await.not_at(target).into_iter().cloned().collect::<Vec<_>>();
+    if peers_newer.is_empty() {
+        wait_for_downgrade_job_end(&etcd, to.version).await?;
+    } else {
+        info!(
+            "etcd {} rejoined the cluster; etcd ends the downgrade job once every member runs {target}, and these do not yet: {}",
+            to.version,
+            cluster::list(&peers_newer.iter().collect::<Vec<_>>())
+        );
+    }
     let (after, _) = keyspace(&etcd, read_at).await?;
     ctx.stop(etcd).await?;
-    if let Some(job) = bbolt::downgrade_target(&data_dir::db_path(data)).map_err(unreadable)? {
+    let job = bbolt::downgrade_target(&data_dir::db_path(data)).map_err(unreadable)?;
+    if let Some(job) = job.filter(|_| peers_newer.is_empty()) {
         return Err(StepError::Failed(format!(
             "the downgrade job to {job} is still enabled after etcd stopped"
         )));
@@ -81,7 +98,11 @@ async fn lower_storage_version(
     let url = etcd.endpoint().base_url();
     let lowered = Version::new(target.major, target.minor, 0).to_string();
     let status = etcdctl.storage_status(url, &tls, ETCDCTL_TIMEOUT).await?;
-    if !downgrading_to(&status, &lowered) {
+    // A later member of a rolling downgrade finds the job on, or already ended by etcd once every other
+    // member ran the target (this one is then rerunning a step a kill cut short): nothing to enable.
+    let cluster_lowered =
+        ctx.config.is_cluster_member() && v3::versions(etcd.endpoint()).await?.cluster == lowered;
+    if !downgrading_to(&status, &lowered) && !cluster_lowered {
         for action in ["validate", "enable"] {
             etcdctl.downgrade(url, &tls, action, target, ETCDCTL_TIMEOUT).await?;
         }
@@ -96,7 +117,7 @@ async fn lower_storage_version(
         if status.storage_version == lowered && cluster == lowered {
             return Ok(Ok(()));
         }
-        if !downgrading_to(&status, &lowered) {
+        if !downgrading_to(&status, &lowered) && !cluster_lowered {
             return Err(StepError::Failed(format!(
                 "etcd {source} dropped the downgrade to {target} (its downgrade job: {:?})",
                 status.downgrade

@@ -1,4 +1,6 @@
-//! Sealing the v2 store: the last step on etcd 3.5, so that 3.6, which has no v2 store, opens the data.
+//! Sealing the WAL: the last step on a minor before one that replays less of it. On etcd 3.5, so that
+//! 3.6, which has no v2 store, opens the data; on 3.6, so that 3.7, which applies no v2 request at all,
+//! does (below the 3.5 part; the 3.6 part is at the end).
 //!
 //! etcd 3.6 replays the WAL past the newest v2 snapshot and panics on any v2 request there but its own
 //! membership records ("detected disallowed v2 WAL"); etcd <= 3.4 leaves such requests behind (its
@@ -10,6 +12,12 @@
 //! written through the v2 API and never converted fail the step, named as the cause: they are the
 //! user's, and are not deleted here.
 //!
+//! Before 3.7: 3.5 proposes member attributes and the cluster version as v2 `PUT`s, which 3.6 applies
+//! and 3.7 panics on. A single member sealed before 3.6 has none left, but a member of a cluster keeps
+//! those its peers proposed while they still ran 3.5, past its last snapshot. So the newest bundled 3.6
+//! forces a snapshot the same way, and the WAL is then read (`wal`) to prove that no entry etcd would
+//! replay past it carries a v2 request. 3.6 has no `etcdutl check v2store` to ask.
+//!
 //! Rerunning it is harmless, so a run that dies here simply seals again.
 
 use std::path::Path;
@@ -18,16 +26,42 @@ use std::time::Duration;
 use tracing::info;
 
 use super::{Context, StepError, v2_snapshot};
+use crate::data_dir;
 use crate::etcdctl::{Etcdctl, EtcdctlError};
 use crate::release::{self, Tool};
 use crate::version::{EtcdState, Version};
+use crate::wal;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 pub async fn run(ctx: &Context<'_>, to: EtcdState) -> Result<(), StepError> {
     let data_dir = ctx.data_dir.path();
     v2_snapshot::open_with_fresh_snapshot(ctx, to).await?;
-    check_v2store(ctx, to.version, data_dir).await
+    if release::capabilities(to.version).v2_store {
+        check_v2store(ctx, to.version, data_dir).await
+    } else {
+        check_wal(to.version, data_dir)
+    }
+}
+
+/// The seal before 3.7: no entry etcd would replay past the snapshot just forced carries a v2 request.
+fn check_wal(version: Version, data_dir: &Path) -> Result<(), StepError> {
+    let member = data_dir::member_dir(data_dir);
+    let replay = wal::replay(&member).map_err(|e| StepError::Failed(e.to_string()))?;
+    if let Some(first) = replay.v2_requests.first() {
+        return Err(StepError::Failed(format!(
+            "the WAL still holds {} v2 requests past the snapshot at raft index {} (the first at {first}), which \
+             etcd 3.7 cannot replay: rerun to seal again; the data stays at {version}",
+            replay.v2_requests.len(),
+            replay.snapshot
+        )));
+    }
+    info!(
+        snapshot = replay.snapshot,
+        entries_past_it = replay.entries,
+        "WAL sealed: no v2 request left to replay"
+    );
+    Ok(())
 }
 
 async fn check_v2store(ctx: &Context<'_>, version: Version, data_dir: &Path) -> Result<(), StepError> {

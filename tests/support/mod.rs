@@ -67,6 +67,14 @@ pub fn missing_releases<'a>(dir: &Path, versions: &[&'a str]) -> Vec<&'a str> {
     versions.iter().copied().filter(|version| !has_all_tools(version)).collect()
 }
 
+/// The newest patch of `minor` (`"3.5"`) in the bin dir: the release the migrator leaves that minor from
+/// (and reads a downgrade's data with), whichever releases this machine has.
+pub fn newest_bundled_patch(minor: &str) -> String {
+    let bundled = etcd_migrate::config::bundled_versions(None, &etcd_bin_dir()).unwrap();
+    let newest = bundled.iter().filter(|version| version.minor().to_string() == minor).max();
+    newest.unwrap_or_else(|| panic!("no etcd {minor}.x in the bin dir")).to_string()
+}
+
 /// `<test binary>::<test>`, as the harness names the running test's thread.
 pub fn test_name() -> String {
     let test = std::thread::current().name().unwrap_or("a test").to_string();
