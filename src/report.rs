@@ -7,6 +7,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::backup;
+use crate::bbolt;
+use crate::client::TlsFiles;
+use crate::cluster;
 use crate::config::{Config, Format};
 use crate::data_dir::{self, Current, Facts};
 use crate::journal;
@@ -93,6 +96,42 @@ struct Status {
     unfinished_step: Option<String>,
     backup_dir: String,
     backups: Vec<String>,
+    /// The downgrade job the data records (etcd's online downgrade, 3.6 on), if one is on.
+    downgrade_job: Option<String>,
+    /// A member of a cluster: what each peer says of itself now (where a roll stands).
+    peers: Vec<PeerStatus>,
+}
+
+#[derive(Serialize)]
+struct PeerStatus {
+    name: String,
+    url: String,
+    /// `None`: it did not answer.
+    server_version: Option<String>,
+    cluster_version: Option<String>,
+}
+
+/// What each peer says of itself, for a member of a cluster (none for a single member).
+fn peer_statuses(config: &Config) -> Vec<PeerStatus> {
+    if !config.is_cluster_member() {
+        return Vec::new();
+    }
+    let peers = cluster::peers(&config.initial_cluster, &config.name);
+    let tls = TlsFiles::peer_from_etcd_args(&config.extra_args);
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return Vec::new();
+    };
+    let answers = runtime.block_on(cluster::ask(&peers, &tls));
+    answers
+        .0
+        .into_iter()
+        .map(|(peer, answer)| PeerStatus {
+            name: peer.name,
+            url: peer.url,
+            server_version: answer.as_ref().map(|a| a.server.clone()),
+            cluster_version: answer.map(|a| a.cluster),
+        })
+        .collect()
 }
 
 /// Renders what is known of the data dir.
@@ -110,6 +149,15 @@ pub fn status(config: &Config) -> Result<String, MigrateError> {
         unfinished_step: unfinished,
         backup_dir: policy.backup_dir.display().to_string(),
         backups: backups.iter().map(|b| b.display().to_string()).collect(),
+        downgrade_job: if facts.has_db {
+            bbolt::downgrade_target(&data_dir::db_path(&config.data_dir))
+                .ok()
+                .flatten()
+                .map(|v| v.to_string())
+        } else {
+            None
+        },
+        peers: peer_statuses(config),
     };
     Ok(match config.output {
         Format::Json => format!("{:#}\n", serde_json::to_value(&status).expect("status serializes")),
@@ -124,6 +172,14 @@ pub fn status(config: &Config) -> Result<String, MigrateError> {
                 status.v3_revisions
             );
             out += &format!("unfinished step: {}\n", or_none(&status.unfinished_step));
+            out += &format!("downgrade job:   {}\n", or_none(&status.downgrade_job));
+            for peer in &status.peers {
+                let said = match (&peer.server_version, &peer.cluster_version) {
+                    (Some(server), Some(cluster)) => format!("etcd {server}, cluster {cluster}"),
+                    _ => "does not answer".to_string(),
+                };
+                out += &format!("peer {} ({}): {said}\n", peer.name, peer.url);
+            }
             out += &format!("backups:         {} in {}\n", status.backups.len(), status.backup_dir);
             for backup in &status.backups {
                 out += &format!("  {backup}\n");
