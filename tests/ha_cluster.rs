@@ -176,7 +176,11 @@ fn a_cluster_goes_up_to_3_7_and_back_to_3_5_member_by_member_under_writes() {
     running[1].stop();
     let killed = cluster.migrator(&cluster.members[1], "3.6.14").args(&["--migrate-only"]);
     assert!(Pause::at("etcd-3.6.14-healthy").kill_there(killed), "m1's hidden 3.6.14 joined the cluster");
-    running[1] = cluster.pod_ready(1, "3.6.14");
+    assert_eq!(version_txt(&cluster.members[1].data), "3.7.1/etcd3", "the step was under way");
+    let mut pod = cluster.run_pod(1, "3.6.14");
+    cluster.wait_ready(1, &mut pod, "3.6.14");
+    assert!(pod.log().contains("recovering"), "the restarted pod finished the killed step:\n{}", pod.log());
+    running[1] = Running::Pod(pod);
     cluster.replace(&mut running[2], 2, "3.6.14");
     cluster.wait_cluster_version("3.6.0");
     cluster.check_seeded(&seeded);
