@@ -151,9 +151,13 @@ async fn run(config: &Config, progress: &mut Progress) -> Result<(), MigrateErro
     if facts.version_file.is_none() {
         warn!(current = %current, "no version.txt: taking the data to be {current}");
     }
-    let cluster =
-        if config.is_cluster_member() { facts.db_minor.max(peers_lowest_minor(&ctx).await) } else { None };
-    let plan = plan_for(config, current, cluster)?;
+    let plan = match plan_for(config, current, facts.db_minor) {
+        // Ahead of the cluster its data last saw: its peers may have moved on since (it was stopped).
+        Err(PlanError::AheadOfCluster { .. }) => {
+            plan_for(config, current, facts.db_minor.max(peers_lowest_minor(&ctx).await))?
+        }
+        planned => planned?,
+    };
     if plan.steps.is_empty() {
         if facts.version_file.is_none() {
             progress.changing();
@@ -178,8 +182,8 @@ pub fn plan_for(config: &Config, current: EtcdState, cluster: Option<Minor>) -> 
 }
 
 /// The lowest minor the peers run, when every one of them answers: a member whose data last saw an
-/// older cluster (it was stopped while its peers moved on) may catch up to them. Says what each peer
-/// answered.
+/// older cluster (it was stopped while its peers moved on) may catch up to them. Asked only then, so a
+/// member's ordinary start waits for no peer. Says what each peer answered.
 async fn peers_lowest_minor(ctx: &Context<'_>) -> Option<Minor> {
     let answers = ctx.ask_peers().await;
     let said: Vec<String> = answers

@@ -156,10 +156,33 @@ fn a_member_left_behind_catches_up_with_its_peers() {
     check_nothing_lost(&cluster, writer, &seeded);
 }
 
+/// Member `i`'s pod with `target`, its migrator killed at fault point `point` (its old etcd stopped
+/// first, as a node's roll does), then the pod restarted, as the kubelet would: the step it was killed in
+/// was under way (`version.txt` still says `was`), and the restarted pod says it recovered it.
+fn kill_at_then_restart(
+    cluster: &Cluster,
+    running: &mut [Running],
+    i: usize,
+    target: &str,
+    point: &str,
+    was: &str,
+) {
+    running[i].stop();
+    let killed = cluster.migrator(&cluster.members[i], target).args(&["--migrate-only"]);
+    assert!(Pause::at(point).kill_there(killed), "m{i}'s migrator reached {point}");
+    assert_eq!(version_txt(&cluster.members[i].data), format!("{was}/etcd3"), "the step was under way");
+    let mut pod = cluster.run_pod(i, target);
+    cluster.wait_ready(i, &mut pod, target);
+    assert!(pod.log().contains("recovering"), "the restarted pod finished the killed step:\n{}", pod.log());
+    running[i] = Running::Pod(pod);
+}
+
 /// 3.4 up every minor to 3.7 and back down to 3.5, member by member under the writer: up through the
-/// seal of 3.5's v2 records (and 3.6's before 3.7), down by etcd's online downgrade. In the round back to
-/// 3.6, the second member's migrator is killed once its hidden 3.6.14 has joined the cluster, and its pod
-/// restarted, as the kubelet would.
+/// seal of 3.5's v2 records (and 3.6's before 3.7), down by etcd's online downgrade. A migrator is killed
+/// at each point new to a cluster, and its pod restarted: m0 sealing 3.6 before 3.7; then, down to 3.6,
+/// m0 with the downgrade just enabled, m1 and m2 (the last) once their hidden 3.6.14 joined; down to
+/// 3.5, m0 once 3.6.14 lowered its storage. m2's node is down while m0 and m1 move to 3.7: it comes back
+/// at 3.6 data among 3.7 peers and seals and moves up all the same.
 #[test]
 fn a_cluster_goes_up_to_3_7_and_back_to_3_5_member_by_member_under_writes() {
     if !releases_present(&["3.5.33", "3.6.14", "3.7.1"]) {
@@ -169,22 +192,29 @@ fn a_cluster_goes_up_to_3_7_and_back_to_3_5_member_by_member_under_writes() {
     let (cluster, mut running, seeded) = seeded_cluster(&dir, "3.4.23");
     let writer = Writer::start(cluster.client_endpoints());
 
-    roll_through(&cluster, &mut running, &["3.5.33", "3.6.14", "3.7.1"], &writer);
+    roll_through(&cluster, &mut running, &["3.5.33", "3.6.14"], &writer);
     cluster.check_seeded(&seeded);
 
-    cluster.replace(&mut running[0], 0, "3.6.14");
-    running[1].stop();
-    let killed = cluster.migrator(&cluster.members[1], "3.6.14").args(&["--migrate-only"]);
-    assert!(Pause::at("etcd-3.6.14-healthy").kill_there(killed), "m1's hidden 3.6.14 joined the cluster");
-    assert_eq!(version_txt(&cluster.members[1].data), "3.7.1/etcd3", "the step was under way");
-    let mut pod = cluster.run_pod(1, "3.6.14");
-    cluster.wait_ready(1, &mut pod, "3.6.14");
-    assert!(pod.log().contains("recovering"), "the restarted pod finished the killed step:\n{}", pod.log());
-    running[1] = Running::Pod(pod);
-    cluster.replace(&mut running[2], 2, "3.6.14");
+    running[2].stop();
+    kill_at_then_restart(&cluster, &mut running, 0, "3.7.1", "v2-snapshot-forced", "3.6.14");
+    cluster.replace(&mut running[1], 1, "3.7.1");
+    for member in &cluster.members[..2] {
+        let cluster_version = block_on(versions(&cluster.endpoint(&member.client))).unwrap().cluster;
+        assert_eq!(cluster_version, "3.6.0", "{}: no newer cluster version while m2 is away", member.name);
+    }
+    running[2] = cluster.pod_ready(2, "3.7.1");
+    cluster.wait_cluster_version("3.7.0");
+    cluster.check_seeded(&seeded);
+
+    kill_at_then_restart(&cluster, &mut running, 0, "3.6.14", "online-downgrade-enabled", "3.7.1");
+    kill_at_then_restart(&cluster, &mut running, 1, "3.6.14", "etcd-3.6.14-healthy", "3.7.1");
+    kill_at_then_restart(&cluster, &mut running, 2, "3.6.14", "etcd-3.6.14-healthy", "3.7.1");
     cluster.wait_cluster_version("3.6.0");
     cluster.check_seeded(&seeded);
 
-    roll_through(&cluster, &mut running, &["3.5.33"], &writer);
+    kill_at_then_restart(&cluster, &mut running, 0, "3.5.33", "online-downgrade-lowered", "3.6.14");
+    cluster.replace(&mut running[1], 1, "3.5.33");
+    cluster.replace(&mut running[2], 2, "3.5.33");
+    cluster.wait_cluster_version("3.5.0");
     check_nothing_lost(&cluster, writer, &seeded);
 }
