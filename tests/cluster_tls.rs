@@ -59,6 +59,16 @@ fn a_tls_cluster_is_upgraded_member_by_member_keeping_quorum_and_security() {
     cluster.wait_cluster_version("3.5.0");
     let endpoint = cluster.endpoint(&first);
 
+    // Where the roll stands, as an operator asks a node: each peer answers on its peer URL, over the
+    // member's peer TLS files.
+    let output = cluster.migrator(&cluster.members[0], "3.5.16").args(&["status"]).run();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", stderr(&output));
+    for peer in &cluster.members[1..] {
+        let line = format!("peer {} ({}): etcd 3.5.16, cluster 3.5.0", peer.name, peer.peer);
+        assert!(said.contains(&line), "status names {line:?}:\n{said}");
+    }
+
     // The migrator's v3 client speaks gRPC over the same TLS files, and is refused without them.
     let summary = block_on(async {
         let client = V3Client::connect(endpoint.clone()).await.unwrap();
