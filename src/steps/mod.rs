@@ -159,11 +159,21 @@ impl Context<'_> {
             return;
         }
         let own = etcd.spec().version.minor();
+        let mut said = false;
         let check = async || {
             let Some(lowest) = self.ask_peers().await.lowest_server_minor() else { return Ok(Ok(())) };
+            let expected = lowest.min(own);
             let cluster = v3::versions(etcd.endpoint()).await?.cluster;
-            let settled = cluster.parse::<Version>().is_ok_and(|cluster| cluster.minor() >= lowest.min(own));
-            Ok(if settled { Ok(()) } else { Err(cluster) })
+            if cluster.parse::<Version>().is_ok_and(|cluster| cluster.minor() >= expected) {
+                return Ok(Ok(()));
+            }
+            if !said {
+                info!(
+                    "every member runs {expected} or later: waiting for etcd to move the cluster version from {cluster}"
+                );
+                said = true;
+            }
+            Ok(Err(cluster))
         };
         let timed_out = |cluster| StepError::Failed(format!("the cluster version stayed at {cluster}"));
         match wait_until(SETTLE_TIMEOUT, SETTLE_POLL, check, timed_out).await {
