@@ -95,8 +95,12 @@ fn check_binary(path: &Path, query: &VersionQuery) -> Result<(), PreflightError>
 
 fn check_writable(dir: &Path) -> Result<(), PreflightError> {
     let probe = dir.join(format!(".etcd-migrate-write-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"probe")
-        .and_then(|()| std::fs::remove_file(&probe))
+    // Removed even when the write failed: a full disk can take the new file but not its bytes, and a run
+    // that stops here exits 2, promising the data dir is as it was.
+    let written = std::fs::write(&probe, b"probe");
+    let removed = std::fs::remove_file(&probe);
+    written
+        .and(removed)
         .map_err(|e| PreflightError::NotWritable { path: dir.to_path_buf(), message: e.to_string() })
 }
 
