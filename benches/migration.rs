@@ -8,12 +8,15 @@
 //!    divided by bare etcd-3.4.23 + etcd-3.5.16 start → healthy → stop on copies of the same data;
 //! 2. the whole lineage: 2.2.1/etcd2 data with TTL keys migrated to 3.7.1/etcd3 (every minor, the
 //!    conversion, the v2 seal), against the sum of each release's own bare start → healthy → stop;
-//! 3. no-op latency: data already at target, process start to the exec of a stand-in "etcd";
-//! 4. an etcd2 → etcd3 conversion of 100k TTL keys (`BENCH_TTL_KEYS`) with 3.3.25: each phase against
+//! 3. rolling steps of a three-member cluster, 3.4.23 → 3.5.30 and 3.6.14 → 3.7.1: the time each member
+//!    is out of the cluster while its pod (the migrator in exec mode) takes it to the next release,
+//!    against a bare restart of the same etcd on a second, identically seeded cluster;
+//! 4. no-op latency: data already at target, process start to the exec of a stand-in "etcd";
+//! 5. an etcd2 → etcd3 conversion of 100k TTL keys (`BENCH_TTL_KEYS`) with 3.3.25: each phase against
 //!    what etcd itself takes for that work, the TTL reattachment against a bare gRPC attach loop (its
 //!    ceiling), and the entrypoint's peak RSS (VmHWM);
-//! 5. backup throughput of a 1 GiB data dir against `cp -a` + `sync` of the same dir, in the same run;
-//! 6. the size of the static release binary.
+//! 6. backup throughput of a 1 GiB data dir against `cp -a` + `sync` of the same dir, in the same run;
+//! 7. the size of the static release binary.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -39,9 +42,10 @@ fn main() {
     // `cargo bench -- ttl backup` runs only those measurements (and leaves bench/results.md alone).
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let bench = Bench::new();
-    let measurements: [(&str, Measurement); 6] = [
+    let measurements: [(&str, Measurement); 7] = [
         ("overhead", &|b| vec![b.overhead_ratio()]),
         ("chain", &|b| vec![b.lineage_chain()]),
+        ("rolling", &|b| b.rolling()),
         ("noop", &|b| vec![b.noop_latency()]),
         ("ttl", &|b| b.conversion()),
         ("backup", &|b| b.backup_throughput()),
@@ -89,6 +93,120 @@ fn main() {
 type Row = (String, String, String);
 type Measurement = &'static dyn Fn(&Bench) -> Vec<Row>;
 
+/// One member of a [`LoopbackCluster`]: its data dir and its loopback ports.
+struct ClusterMember {
+    name: String,
+    data: PathBuf,
+    client: u16,
+    peer: u16,
+}
+
+/// A three-member etcd cluster on loopback, and what runs as each member now. Dropping it stops every
+/// etcd it runs.
+struct LoopbackCluster {
+    members: Vec<ClusterMember>,
+    initial_cluster: String,
+    running: Vec<Option<std::process::Child>>,
+}
+
+impl LoopbackCluster {
+    /// Starts three members of etcd `release` from `bin` in `dir`, waits until each is healthy, writes
+    /// `keys` keys through the first and notes `release`/etcd3 in each data dir's version.txt.
+    fn start(bin: &Path, release: &str, dir: &Path, keys: usize) -> LoopbackCluster {
+        let members: Vec<ClusterMember> = (0..3)
+            .map(|i| ClusterMember {
+                name: format!("m{i}"),
+                data: dir.join(format!("m{i}/data")),
+                client: free_port(),
+                peer: free_port(),
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = LoopbackCluster { members, initial_cluster, running: Vec::new() };
+        let binary = bin.join(format!("etcd-{release}"));
+        for i in 0..cluster.members.len() {
+            let etcd = spawn_etcd_with(&binary, &cluster.members[i].data, &cluster.flags(i));
+            cluster.running.push(Some(etcd));
+        }
+        cluster.await_all_healthy();
+        let url = format!("http://127.0.0.1:{}", cluster.members[0].client);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let seed = async {
+                let mut client = etcd_client::Client::connect([url], None).await.unwrap();
+                for i in 0..keys {
+                    let value = format!("{{\"kind\":\"Pod\",\"n\":{i}}}");
+                    client.put(format!("/registry/pods/default/pod-{i}"), value, None).await.unwrap();
+                }
+            };
+            tokio::time::timeout(HEALTH_DEADLINE, seed).await.expect("the seed keys are written in time");
+        });
+        for member in &cluster.members {
+            fs::write(member.data.join("version.txt"), format!("{release}/etcd3")).unwrap();
+        }
+        cluster
+    }
+
+    /// Member `i`'s etcd flags, the final etcd's in its pod.
+    fn flags(&self, i: usize) -> Vec<String> {
+        let member = &self.members[i];
+        member_flags(&member.name, member.client, member.peer, "127.0.0.1", &self.initial_cluster)
+    }
+
+    /// Polls every member's /health until all say healthy; panics past [`HEALTH_DEADLINE`].
+    fn await_all_healthy(&self) {
+        let deadline = Instant::now() + HEALTH_DEADLINE;
+        while let Some(sick) = self.members.iter().find(|m| !healthy(m.client)) {
+            assert!(Instant::now() < deadline, "{} was not healthy within {HEALTH_DEADLINE:?}", sick.name);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Replaces what runs as member `i` with what `start` spawns for it, as a node's roll does: the
+    /// old etcd stopped (SIGTERM, waited for), the new one started. Returns the time the member was out
+    /// of the cluster: from the old etcd's exit until the member's client URL answers healthy, served
+    /// by etcd `release`. Then waits until every member is healthy.
+    fn replace(
+        &mut self,
+        i: usize,
+        release: &str,
+        start: impl FnOnce(&LoopbackCluster) -> std::process::Child,
+    ) -> Duration {
+        stop(self.running[i].take().unwrap());
+        let out = Instant::now();
+        let mut etcd = start(self);
+        let client = self.members[i].client;
+        let up = await_health(&mut etcd, client);
+        let took = out.elapsed();
+        self.running[i] = Some(etcd);
+        let name = &self.members[i].name;
+        assert!(
+            up,
+            "{name} ended before it was healthy (its log: {})",
+            self.members[i].data.parent().unwrap().display()
+        );
+        let version = http_get(client, "/version").unwrap_or_default();
+        assert!(
+            version.contains(&format!("\"etcdserver\":\"{release}\"")),
+            "{name} is not served by {release}: {version}"
+        );
+        self.await_all_healthy();
+        took
+    }
+}
+
+impl Drop for LoopbackCluster {
+    fn drop(&mut self) {
+        for etcd in self.running.iter_mut().filter_map(Option::take) {
+            stop(etcd);
+        }
+    }
+}
+
 struct Bench {
     bin: PathBuf,
     work: PathBuf,
@@ -113,6 +231,37 @@ fn copy_tree(from: &Path, to: &Path) {
     assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
 }
 
+/// etcd's flags for member `name` of `initial_cluster`: clients on loopback port `client`, peers on
+/// 127.0.0.1:`peer_port`, advertised as `peer_host`:`peer_port`.
+fn member_flags(
+    name: &str,
+    client: u16,
+    peer_port: u16,
+    peer_host: &str,
+    initial_cluster: &str,
+) -> Vec<String> {
+    vec![
+        format!("--name={name}"),
+        format!("--listen-client-urls=http://127.0.0.1:{client}"),
+        format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+        format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+        format!("--initial-advertise-peer-urls=http://{peer_host}:{peer_port}"),
+        format!("--initial-cluster={initial_cluster}"),
+    ]
+}
+
+/// Starts etcd `binary` on `data` with `flags`, its output dropped.
+fn spawn_etcd_with(binary: &Path, data: &Path, flags: &[String]) -> std::process::Child {
+    Command::new(binary)
+        .arg("--data-dir")
+        .arg(data)
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Starts etcd as single member `m` on `data`, serving on loopback `client` and `peer_port`.
 fn spawn_etcd(
     binary: &Path,
@@ -121,37 +270,52 @@ fn spawn_etcd(
     peer_port: u16,
     extra: &[&str],
 ) -> std::process::Child {
-    Command::new(binary)
-        .args(["--name", "m", "--data-dir"])
-        .arg(data)
-        .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
-        .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
-        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
-        .arg(format!("--initial-advertise-peer-urls=http://localhost:{peer_port}"))
-        .arg(format!("--initial-cluster=m=http://localhost:{peer_port}"))
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    let mut flags =
+        member_flags("m", client, peer_port, "localhost", &format!("m=http://localhost:{peer_port}"));
+    flags.extend(extra.iter().map(|flag| flag.to_string()));
+    spawn_etcd_with(binary, data, &flags)
 }
 
-/// Polls /health every 2 ms until etcd on `client` says it is healthy; false if etcd exits first.
+/// How long an etcd may take to become healthy, on a busy 2-core machine at a million keys. Only a
+/// deadline: every wait polls.
+const HEALTH_DEADLINE: Duration = Duration::from_secs(300);
+
+/// How long a stopped etcd may take to exit after SIGTERM (a leader hands over first) before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// GETs `path` from loopback `port` over HTTP/1.1 with `Connection: close` (etcd 3.0–3.3 keep an
+/// HTTP/1.0 connection open); the whole answer, or None if nothing answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    Some(answer)
+}
+
+/// Whether etcd on loopback `client` says it is healthy.
+fn healthy(client: u16) -> bool {
+    http_get(client, "/health").is_some_and(|answer| answer.replace(' ', "").contains("\"health\":\"true\""))
+}
+
+/// Polls /health every 2 ms until etcd on `client` says it is healthy; false if etcd exits first. Past
+/// [`HEALTH_DEADLINE`] it kills etcd and panics.
 fn await_health(child: &mut std::process::Child, client: u16) -> bool {
+    let deadline = Instant::now() + HEALTH_DEADLINE;
     loop {
-        let healthy = TcpStream::connect(("127.0.0.1", client)).is_ok_and(|mut s| {
-            // HTTP/1.1 with `Connection: close`: etcd 3.0–3.3 keep an HTTP/1.0 connection open.
-            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-            let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-            let mut body = String::new();
-            let _ = s.read_to_string(&mut body);
-            body.replace(' ', "").contains("\"health\":\"true\"")
-        });
-        if healthy {
+        if healthy(client) {
             return true;
         }
         if child.try_wait().unwrap().is_some() {
             return false;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("etcd on port {client} was not healthy within {HEALTH_DEADLINE:?}");
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -174,11 +338,24 @@ fn bare_etcd(binary: &Path, data: &Path, peer_port: u16) -> Duration {
     panic!("{} never became healthy on {}", binary.display(), data.display());
 }
 
-/// Stops etcd with SIGTERM and waits for it.
+/// Stops etcd with SIGTERM and waits for it; SIGKILL if it has not exited after [`STOP_GRACE`]. An etcd
+/// that has already exited is only reaped.
 fn stop(mut child: std::process::Child) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
         .unwrap();
-    child.wait().unwrap();
+    if child.try_wait().unwrap().is_some() {
+        return;
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            eprintln!("etcd (pid {}) ignored SIGTERM for {STOP_GRACE:?}: killed", child.id());
+            let _ = child.kill();
+            child.wait().unwrap();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// GETs `path` from loopback `port` and returns the length of the answer, read to its end.
@@ -280,6 +457,21 @@ fn seconds_in_etcd(log: &str) -> f64 {
     total
 }
 
+/// From a pod's JSON log: the seconds from the migrator's first line until its backup is verified, and
+/// until it execs etcd.
+fn pod_times(log: &str) -> (f64, f64) {
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|line| line["message"].is_string())
+        .collect();
+    let since_first = |message: &str| {
+        let line = lines.iter().find(|line| line["message"] == message).expect(message);
+        (log_time(line) - log_time(&lines[0])).rem_euclid(86_400.0)
+    };
+    (since_first("backup verified"), since_first("starting etcd"))
+}
+
 /// How long each phase of a conversion took, from the migrator's JSON log: the time between one
 /// milestone line and the one before it goes to the phase that milestone ends.
 struct Phases {
@@ -362,6 +554,17 @@ impl Bench {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
+    }
+
+    /// "NOT RUN: needs etcd …" naming those of `releases` the bin dir lacks, if it lacks any.
+    fn not_run(&self, releases: &[&str]) -> Option<String> {
+        let absent: Vec<&str> = releases
+            .iter()
+            .copied()
+            .filter(|release| !self.bin.join(format!("etcd-{release}")).exists())
+            .collect();
+        (!absent.is_empty())
+            .then(|| format!("NOT RUN: needs etcd {} (set ETCD_RELEASE_MIRROR)", absent.join(" ")))
     }
 
     /// A 3.3.25/etcd3 data dir with `keys` keys, made with the real etcd.
@@ -455,14 +658,8 @@ impl Bench {
         let what = format!(
             "the lineage, 2.2.1/etcd2 → 3.7.1/etcd3 (11 steps, 300 keys, backups included; median of {CHAIN_RUNS})"
         );
-        let absent: Vec<&str> = ["2.2.1"]
-            .iter()
-            .chain(&RELEASES)
-            .copied()
-            .filter(|release| !self.bin.join(format!("etcd-{release}")).exists())
-            .collect();
-        if !absent.is_empty() {
-            let not_run = format!("NOT RUN: needs etcd {} (set ETCD_RELEASE_MIRROR)", absent.join(" "));
+        let needed: Vec<&str> = ["2.2.1"].iter().chain(&RELEASES).copied().collect();
+        if let Some(not_run) = self.not_run(&needed) {
             return (what, not_run, "≤ 1.5".into());
         }
         let peer = free_port();
@@ -493,6 +690,95 @@ impl Bench {
                 RELEASES.len()
             ),
             "≤ 1.5".into(),
+        )
+    }
+
+    /// Member `i`'s pod at `target`, as a control plane runs it: the migrator in exec mode with the
+    /// member's identity and a hidden client URL, then `--` and the final etcd's flags. Its output (and
+    /// the exec'd etcd's) goes to `pod-<target>.log` beside the data dir; its backups go there too.
+    fn pod(&self, cluster: &LoopbackCluster, i: usize, target: &str) -> std::process::Child {
+        let member = &cluster.members[i];
+        let peer = format!("http://127.0.0.1:{}", member.peer);
+        let log = member.data.with_file_name(format!("pod-{target}.log"));
+        Command::new(&self.migrator)
+            .arg("--data-dir")
+            .arg(&member.data)
+            .arg("--bin-dir")
+            .arg(&self.bin)
+            .args(["--target-version", target, "--name", &member.name, "--log-format", "json"])
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", free_port())])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &cluster.initial_cluster])
+            .arg("--")
+            .args(cluster.flags(i))
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The rolling steps a control plane takes: 3.4.23 → 3.5.30, and 3.6.14 → 3.7.1, whose step seals
+    /// the data on 3.6 first.
+    fn rolling(&self) -> Vec<Row> {
+        vec![
+            self.rolling_step("3.4.23", "3.5.30", ""),
+            self.rolling_step("3.6.14", "3.7.1", " (with its seal on 3.6: a forced snapshot)"),
+        ]
+    }
+
+    /// One rolling step `from` → `to` of a three-member cluster: each member in turn stopped and started
+    /// again as its pod at `to`, timed from its old etcd's exit until its own client URL answers healthy,
+    /// served by etcd `to`; every member healthy again before the next. The floor, in the same run and
+    /// member by member alternately: the same on a second, identically seeded cluster, each member's
+    /// etcd `from` replaced by a bare etcd `to` on its data with the same flags. Medians over the
+    /// members.
+    fn rolling_step(&self, from: &str, to: &str, note: &str) -> Row {
+        const KEYS: usize = 300;
+        let what = format!(
+            "rolling step {from} → {to}{note}, time a member is out of the cluster (median of 3 members)"
+        );
+        let aim = "≤ 2× the bare restart + the backup".to_string();
+        if let Some(not_run) = self.not_run(&[from, to]) {
+            return (what, not_run, aim);
+        }
+        let dir = self.work.join(format!("rolling-{to}"));
+        let mut pods = LoopbackCluster::start(&self.bin, from, &dir.join("pods"), KEYS);
+        let mut bare = LoopbackCluster::start(&self.bin, from, &dir.join("bare"), KEYS);
+        let target = self.bin.join(format!("etcd-{to}"));
+        let (mut ours, mut floor) = (Vec::new(), Vec::new());
+        for i in 0..pods.members.len() {
+            ours.push(pods.replace(i, to, |cluster| self.pod(cluster, i, to)).as_secs_f64());
+            floor.push(
+                bare.replace(i, to, |cluster| {
+                    spawn_etcd_with(&target, &cluster.members[i].data, &cluster.flags(i))
+                })
+                .as_secs_f64(),
+            );
+        }
+        let (backups, before_exec): (Vec<f64>, Vec<f64>) = pods
+            .members
+            .iter()
+            .map(|member| {
+                pod_times(&fs::read_to_string(member.data.with_file_name(format!("pod-{to}.log"))).unwrap())
+            })
+            .unzip();
+        drop((pods, bare));
+        let each = |samples: &[f64]| samples.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", ");
+        let members = format!(
+            "m0, m1, m2: {} s vs {} s; the migrator from its first log line to its exec of etcd: {} s, its backup {} s",
+            each(&ours),
+            each(&floor),
+            each(&before_exec),
+            each(&backups)
+        );
+        let (ours, floor) = (median(ours), median(floor));
+        (
+            what,
+            format!(
+                "{ours:.2} s vs {floor:.2} s for a bare restart of the same etcd: {:.1}× ({members})",
+                ours / floor
+            ),
+            aim,
         )
     }
 
