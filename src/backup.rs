@@ -115,6 +115,11 @@ pub fn create(data_dir: &Path, label: &str, policy: &BackupPolicy) -> Result<Bac
         .mode(0o700)
         .create(&policy.backup_dir)
         .map_err(io_error(&policy.backup_dir))?;
+    // The backup dir may be new (this run's preflight makes it): its own entry must survive a power cut
+    // too, or the journal would name a backup that is gone.
+    if let Some(parent) = policy.backup_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent).map_err(io_error(parent))?;
+    }
     let staging = partial(&path);
     let result = copy_tree(data_dir, &staging, "backing up").and_then(|(files, bytes, digest)| {
         if crate::faults::fail("backup-copy") {

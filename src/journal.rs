@@ -49,7 +49,10 @@ pub fn read(data_dir: &Path) -> Result<Option<Journal>, JournalError> {
 pub fn write(data_dir: &Path, journal: &Journal) -> Result<(), JournalError> {
     let path = journal_path(data_dir);
     let bytes = serde_json::to_vec_pretty(journal).expect("a journal serializes");
+    // The state dir may be new: its entry in the data dir must survive a power cut, or the journal goes
+    // with it and the next run finds data a step moved on with version.txt still naming the step's start.
     fs::create_dir_all(state_dir(data_dir))
+        .and_then(|()| durable::sync_dir(data_dir))
         .and_then(|()| durable::replace(&path, &bytes))
         .map_err(|source| JournalError::Io { action: "write", path, source })
 }
