@@ -5,173 +5,54 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use etcd_migrate::client::v2::V2Client;
-use etcd_migrate::etcd_process::ensure_port_free;
+use support::scenarios::*;
 use support::*;
 
 const KILLS: u32 = 20;
 
-/// Processes whose command line mentions `dir` (hidden etcds working on it).
-fn processes_using(dir: &Path) -> Vec<u32> {
-    let needle = dir.display().to_string();
-    fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != std::process::id())
-        .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&needle))
-        })
-        .collect()
-}
-
-/// Waits (bounded) until no process works on `data` and the member's peer port is free again, as the
-/// rerun's preflight requires: the hidden etcd must not outlive the migrator. A process dying of its
-/// parent-death signal already shows an empty command line while its sockets are still closing, hence
-/// the port.
-fn assert_stopped(data: &Path, peer: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !processes_using(data).is_empty() || ensure_port_free(peer).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the hidden etcd outlived the migrator: {:?}\n{}",
-            processes_using(data),
-            listening_sockets()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    let status = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
-    assert!(status.success());
-}
-
-/// One scenario: a template data dir, the migration to run on it, and how to check the result.
-struct Scenario {
-    name: &'static str,
-    template: TempDir,
-    peer: String,
-    args: Vec<String>,
-    final_version: &'static str,
-    keys: BTreeMap<String, Vec<u8>>,
-    leased: Vec<String>,
-}
-
-impl Scenario {
-    fn migrator(&self, data: &Path) -> Migrator {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        Migrator::new(data, &self.peer).args(&args).args(&["--migrate-only"])
-    }
-
-    /// Checks a finished data dir; returns the number of keys checked.
-    fn check(&self, data: &Path) -> usize {
-        assert_eq!(version_txt(data), format!("{}/etcd3", self.final_version));
-        let etcd = TestEtcd::start_with(self.final_version, data, "m", &self.peer, &[]);
-        let found = etcd.all_keys();
-        assert_eq!(found, self.keys, "{}: keys or values differ", self.name);
-        let leased = etcd.leased_keys();
-        for key in &self.leased {
-            let (granted, remaining) = leased.get(key).unwrap_or_else(|| panic!("{key} lost its lease"));
-            assert!(*granted <= 3600 && *remaining > 0, "{key}: {granted}/{remaining}");
+/// Kills `scenario`'s run `after` its start, reruns it to completion, checks the result. Where the kill
+/// lands is chance (fault injection by time), so the outcome is checked for both: a run killed anywhere,
+/// and a run that had already finished. Returns the keys checked and whether the run was killed.
+fn kill_and_recover(scenario: &Scenario, after: Duration, index: u32) -> (usize, bool) {
+    let work = TempDir::new(&format!("{}-kill-{index}", scenario.name));
+    let data = work.join("data");
+    copy_tree(&scenario.template.join("data"), &data);
+    let mut migrator = scenario.migrator(&data);
+    migrator.command.stderr(Stdio::null());
+    let mut child = migrator.command.spawn().unwrap();
+    std::thread::sleep(after);
+    let killed = match child.try_wait().unwrap() {
+        Some(status) => {
+            assert!(status.success(), "{} run {index} ended on its own, failing: {status}", scenario.name);
+            assert_eq!(version_txt(&data), scenario.final_state());
+            false
         }
-        found.len()
-    }
-
-    /// Kills a run `after` its start, reruns it to completion, checks the result. Where the kill lands is
-    /// chance (fault injection by time), so the outcome is checked for both: a run killed anywhere, and a
-    /// run that had already finished. Returns the keys checked and whether the run was killed.
-    fn kill_and_recover(&self, after: Duration, index: u32) -> (usize, bool) {
-        let work = TempDir::new(&format!("{}-kill-{index}", self.name));
-        let data = work.join("data");
-        copy_tree(&self.template.join("data"), &data);
-        let mut migrator = self.migrator(&data);
-        migrator.command.stderr(Stdio::null());
-        let mut child = migrator.command.spawn().unwrap();
-        std::thread::sleep(after);
-        let killed = match child.try_wait().unwrap() {
-            Some(status) => {
-                assert!(status.success(), "{} run {index} ended on its own, failing: {status}", self.name);
-                assert_eq!(version_txt(&data), format!("{}/etcd3", self.final_version));
-                false
-            }
-            None => {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                true
-            }
-        };
-        assert_stopped(&data, &self.peer);
-        let said = version_txt(&data);
-        assert!(
-            said.parse::<etcd_migrate::version::EtcdState>().is_ok(),
-            "version.txt says {said:?} after the kill"
-        );
-        let output = self.migrator(&data).run();
-        assert!(
-            output.status.success(),
-            "{} kill {index} at {after:?}: rerun failed: {}\nsockets now:\n{}",
-            self.name,
-            stderr(&output),
-            listening_sockets()
-        );
-        (self.check(&data), killed)
-    }
-}
-
-fn etcd2_scenario() -> Scenario {
-    let template = TempDir::new("template-etcd2");
-    let data = template.join("data");
-    let peer = format!("http://localhost:{}", free_port());
-    let etcd = TestEtcd::start_with("3.3.25", &data, "m", &peer, &[]);
-    let client = V2Client::new(etcd.endpoint());
-    let mut keys = BTreeMap::new();
-    let mut leased = Vec::new();
-    block_on(async {
-        for i in 0..50 {
-            let key = format!("/registry/pods/ns/pod-{i}");
-            client.set(&key, &format!("pod {i}"), None).await.unwrap();
-            keys.insert(key, format!("pod {i}").into_bytes());
+        None => {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            true
         }
-        for i in 0..50 {
-            let key = format!("/registry/events/ns/event-{i}");
-            client.set(&key, "event", Some(3600)).await.unwrap();
-            keys.insert(key.clone(), b"event".to_vec());
-            leased.push(key);
-        }
-    });
-    etcd.stop();
-    fs::write(data.join("version.txt"), "3.3.25/etcd2").unwrap();
-    let args = ["--target-version", "3.5.16"].map(String::from).to_vec();
-    Scenario { name: "etcd2-to-3.5", template, peer, args, final_version: "3.5.16", keys, leased }
-}
-
-fn downgrade_scenario() -> Scenario {
-    let template = TempDir::new("template-downgrade");
-    let data = template.join("data");
-    let peer = format!("http://localhost:{}", free_port());
-    let mut keys = sample_keys();
-    keys.remove("/registry/big/blob");
-    make_etcd3_data("3.5.16", &data, &peer, &keys);
-    let etcd = TestEtcd::start_with("3.5.16", &data, "m", &peer, &[]);
-    let lease = etcd.etcdctl(&["lease", "grant", "3600"]).split_whitespace().nth(1).unwrap().to_string();
-    let mut leased = Vec::new();
-    for i in 0..10 {
-        let key = format!("/registry/events/e{i}");
-        etcd.etcdctl(&["put", "--lease", &lease, &key, "event"]);
-        keys.insert(key.clone(), b"event".to_vec());
-        leased.push(key);
-    }
-    etcd.stop();
-    let args = ["--target-version", "3.3.25"].map(String::from).to_vec();
-    Scenario { name: "downgrade-3.5-to-3.3", template, peer, args, final_version: "3.3.25", keys, leased }
+    };
+    assert_stopped(&data, &scenario.peer);
+    let said = version_txt(&data);
+    assert!(
+        said.parse::<etcd_migrate::version::EtcdState>().is_ok(),
+        "version.txt says {said:?} after the kill"
+    );
+    let output = scenario.migrator(&data).run();
+    assert!(
+        output.status.success(),
+        "{} kill {index} at {after:?}: rerun failed: {}\nsockets now:\n{}",
+        scenario.name,
+        stderr(&output),
+        listening_sockets()
+    );
+    (scenario.check(&data).0, killed)
 }
 
 fn run_fault_injection(scenario: Scenario) {
@@ -188,7 +69,7 @@ fn run_fault_injection(scenario: Scenario) {
     let (mut keys_checked, mut killed) = (0, 0);
     for i in 1..=KILLS {
         let after = duration * i / (KILLS + 1);
-        let (keys, was_killed) = scenario.kill_and_recover(after, i);
+        let (keys, was_killed) = kill_and_recover(&scenario, after, i);
         keys_checked += keys;
         killed += u32::from(was_killed);
     }
@@ -203,7 +84,7 @@ fn run_fault_injection(scenario: Scenario) {
 
 #[test]
 fn sigkill_anywhere_in_an_etcd2_conversion_and_upgrade_loses_nothing() {
-    run_fault_injection(etcd2_scenario());
+    run_fault_injection(etcd2_scenario("etcd2-to-3.5", "3.5.16"));
 }
 
 #[test]
@@ -213,7 +94,7 @@ fn sigkill_anywhere_in_a_two_step_downgrade_loses_nothing() {
 
 /// Kills the run while it is paused at a fault-injection point.
 fn kill_at_pause(point: &str) -> (Scenario, TempDir) {
-    let scenario = etcd2_scenario();
+    let scenario = etcd2_scenario("etcd2-to-3.5", "3.5.16");
     let work = TempDir::new(&format!("pause-{point}"));
     let data = work.join("data");
     copy_tree(&scenario.template.join("data"), &data);
