@@ -14,7 +14,7 @@ use crate::data_dir::{self, Current, DataDir, DataDirError};
 use crate::journal::{self, Journal, JournalError};
 use crate::plan::{self, Plan, PlanError};
 use crate::preflight::{self, PreflightError};
-use crate::steps::{self, Context, StepError};
+use crate::steps::{self, Context, StepError, Then};
 use crate::version::{EtcdState, Minor};
 use crate::version_file::{self, VersionFileError};
 
@@ -238,8 +238,9 @@ async fn run_steps(ctx: &Context<'_>, plan: &Plan, progress: &mut Progress) -> R
         journal::write(data_dir.path(), &journal)?;
         info!(step = index + 1, of = plan.steps.len(), from = %at, to = %step.after(), "{} starting", step.name());
         let started = Instant::now();
+        let then = if index + 1 < plan.steps.len() { Then::MoreSteps } else { Then::Done };
         let outcome = tokio::select! {
-            outcome = steps::run(ctx, step, &mut journal) => outcome,
+            outcome = steps::run(ctx, step, &mut journal, then) => outcome,
             _ = terminate.recv() => return Err(MigrateError::Interrupted { signal: "SIGTERM", step }),
             _ = interrupt.recv() => return Err(MigrateError::Interrupted { signal: "SIGINT", step }),
         };

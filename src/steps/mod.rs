@@ -237,10 +237,18 @@ async fn wait_until<T, Seen>(
     }
 }
 
+/// Whether the cluster version must settle before a step ends: only when another step follows, which
+/// is checked against it (a member's last step need not hold its etcd back from its clients for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    MoreSteps,
+    Done,
+}
+
 /// Runs one step to completion. `journal` is the record written for it, which rebuilding steps update.
-pub async fn run(ctx: &Context<'_>, step: Step, journal: &mut Journal) -> Result<(), StepError> {
+pub async fn run(ctx: &Context<'_>, step: Step, journal: &mut Journal, then: Then) -> Result<(), StepError> {
     match step {
-        Step::InPlace { from, to } => in_place::run(ctx, from, to).await,
+        Step::InPlace { from, to } => in_place::run(ctx, from, to, then).await,
         Step::SealV2 { to, .. } => seal_v2::run(ctx, to).await,
         Step::ConvertToEtcd3 { at } => convert::run(ctx, at, journal).await,
         Step::Downgrade { from, source, to } => downgrade::run(ctx, from, source, to, journal).await,
@@ -254,7 +262,8 @@ pub async fn run(ctx: &Context<'_>, step: Step, journal: &mut Journal) -> Result
 pub async fn recover(ctx: &Context<'_>, journal: &mut Journal) -> Result<bool, StepError> {
     match journal.step {
         // Starting etcd on the data may already have moved it to the new minor: finish the step.
-        Step::InPlace { from, to } => in_place::run(ctx, from, to).await.map(|()| true),
+        // What follows is planned afresh after recovery: settle as if more steps came.
+        Step::InPlace { from, to } => in_place::run(ctx, from, to, Then::MoreSteps).await.map(|()| true),
         Step::SealV2 { to, .. } => seal_v2::run(ctx, to).await.map(|()| true),
         // The current minor opens the data in every state the step leaves: redo it.
         Step::OnlineDowngrade { from, source, to } => {
