@@ -25,6 +25,7 @@ use crate::client::{ClientError, TlsFiles};
 use crate::cluster::{self, Peer, PeerVersions};
 use crate::config::Config;
 use crate::data_dir::{DataDir, DataDirError};
+use crate::durable;
 use crate::etcd_process::{EtcdError, EtcdProcess, EtcdSpec};
 use crate::etcdctl::EtcdctlError;
 use crate::faults;
@@ -210,6 +211,9 @@ pub fn swap_in(ctx: &Context<'_>, journal: &mut Journal, work: &Path) -> Result<
         let context = format!("{context} {}", rebuilt.display());
         move |source| StepError::Io { context, source }
     };
+    // Durable before it is recorded and swapped in: a power cut must not leave a live member missing
+    // files its etcd wrote (etcd syncs what it acknowledges, not always a new file's directory entry).
+    durable::sync_tree(&rebuilt).map_err(io("syncing"))?;
     journal.rebuilt_inode = Some(swap::inode(&rebuilt).map_err(io("reading"))?);
     journal::write(ctx.data_dir.path(), journal)?;
     swap::swap_member(ctx.data_dir.path(), work).map_err(io("swapping in"))?;
