@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use crate::backup::{self, BackupError};
 use crate::config::Config;
 use crate::data_dir::{self, Current, DataDir, DataDirError};
+use crate::durable;
 use crate::journal::{self, Journal, JournalError};
 use crate::plan::{self, Plan, PlanError};
 use crate::preflight::{self, PreflightError};
@@ -208,7 +209,7 @@ async fn resume(ctx: &Context<'_>, unfinished: &mut Journal) -> Result<(), Migra
             .await
             .map_err(|source| MigrateError::Recovery { step, source: Box::new(source) })?;
     if complete && said != Some(step.after()) {
-        version_file::write(ctx.data_dir.path(), step.after())?;
+        record_done(ctx.data_dir.path(), step.after())?;
     }
     ctx.data_dir.clear_work_dirs()?;
     journal::clear(ctx.data_dir.path())?;
@@ -245,7 +246,7 @@ async fn run_steps(ctx: &Context<'_>, plan: &Plan, progress: &mut Progress) -> R
             _ = interrupt.recv() => return Err(MigrateError::Interrupted { signal: "SIGINT", step }),
         };
         outcome.map_err(|source| MigrateError::Step { step, source: Box::new(source) })?;
-        version_file::write(data_dir.path(), step.after())?;
+        record_done(data_dir.path(), step.after())?;
         journal::clear(data_dir.path())?;
         data_dir.clear_work_dirs()?;
         info!(
@@ -258,4 +259,14 @@ async fn run_steps(ctx: &Context<'_>, plan: &Plan, progress: &mut Progress) -> R
         );
     }
     Ok(())
+}
+
+/// Records a step done: `version.txt` names `state`, once everything the step's etcd wrote in `member/`
+/// is durable. etcd syncs what it acknowledges but not the directory entries of the files and
+/// directories it creates (a fresh 3.3.25, 3.4.23 or 3.5.16 member loses them all at a power cut), so a
+/// power cut could otherwise leave version.txt naming a state the data is not in.
+fn record_done(data_dir: &Path, state: EtcdState) -> Result<(), MigrateError> {
+    let member = data_dir::member_dir(data_dir);
+    durable::sync_tree(&member).map_err(|source| DataDirError::Io { path: member, source })?;
+    Ok(version_file::write(data_dir, state)?)
 }
