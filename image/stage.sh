@@ -111,7 +111,9 @@ done
 # and what those name in turn.
 if [ "$arch" = amd64 ]; then
   for file in "$rootfs"/usr/local/bin/*; do
-    ldd "$file" 2>/dev/null | grep -oE '/[^ ]+\.so[^ ]*' | while read -r lib; do
+    # A static binary (the release etcd-migrate, etcd's own archives) has none: ldd fails, grep finds none.
+    libs=$(ldd "$file" 2>/dev/null | grep -oE '/[^ ]+\.so[^ ]*' || true)
+    for lib in $libs; do
       mkdir -p "$rootfs$(dirname "$lib")"
       cp -L "$lib" "$rootfs$lib"
     done
