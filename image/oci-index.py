@@ -84,7 +84,7 @@ def main():
             platform = PLATFORMS[arch]
             tar = layer_tar(os.path.join(staged, "rootfs"))
             diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
-            layer = layout.blob(gzip.compress(tar, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip")
+            layer = layout.blob(gzip.compress(tar, compresslevel=6, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip")
             config = layout.blob(canonical({
                 **platform,
                 "config": {
