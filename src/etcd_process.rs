@@ -29,6 +29,8 @@ const HEALTH_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 const LOG_LINES_KEPT: usize = 50;
 /// How long an exited etcd's last output may take to drain from its pipes into the log.
 const LOG_DRAIN: Duration = Duration::from_secs(1);
+/// The variable etcd before 3.5 requires on an architecture it does not support (arm64 among them).
+const UNSUPPORTED_ARCH: &str = "ETCD_UNSUPPORTED_ARCH";
 /// How long a dropped (never stopped) etcd gets between SIGTERM and SIGKILL.
 const DROP_GRACE: Duration = Duration::from_secs(5);
 
@@ -113,6 +115,8 @@ pub struct EtcdProcess {
 impl EtcdProcess {
     /// Starts etcd. The environment is ours minus every `ETCD_*` variable: etcd 3.4 and later refuse to
     /// start when an option comes both as a flag and from the environment, and manifests set several.
+    /// `ETCD_UNSUPPORTED_ARCH` stays (it has no flag), and on arm64 is set when unset: etcd's own arm64
+    /// builds before 3.5 refuse to start without it.
     pub async fn start(spec: EtcdSpec) -> Result<EtcdProcess, EtcdError> {
         for url in spec.listen_client_urls.split(',').chain(spec.listen_peer_urls.split(',')) {
             ensure_port_free(url.trim())?;
@@ -126,9 +130,12 @@ impl EtcdProcess {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("ETCD_") {
+            if key.to_string_lossy().starts_with("ETCD_") && key != UNSUPPORTED_ARCH {
                 command.env_remove(key);
             }
+        }
+        if cfg!(target_arch = "aarch64") && std::env::var_os(UNSUPPORTED_ARCH).is_none() {
+            command.env(UNSUPPORTED_ARCH, "arm64");
         }
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: prctl and getppid are async-signal-safe and touch no memory of ours.
