@@ -75,7 +75,7 @@ in_root sh -euc '
   cd /src
   export CARGO_TARGET_DIR=/cargo/target CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
   export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
-  cargo build --release --quiet --target '"$target"'
+  cargo --quiet build --release --target '"$target"'
 ' >&2
 binary="$cargo_home/target/$target/release/etcd-migrate"
 header=$(readelf -h "$binary")
