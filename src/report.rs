@@ -8,7 +8,6 @@ use serde_json::json;
 
 use crate::backup;
 use crate::bbolt;
-use crate::client::TlsFiles;
 use crate::cluster;
 use crate::config::{Config, Format};
 use crate::data_dir::{self, Current, Facts};
@@ -116,12 +115,10 @@ fn peer_statuses(config: &Config) -> Vec<PeerStatus> {
     if !config.is_cluster_member() {
         return Vec::new();
     }
-    let peers = cluster::peers(&config.initial_cluster, &config.name);
-    let tls = TlsFiles::peer_from_etcd_args(&config.extra_args);
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
         return Vec::new();
     };
-    let answers = runtime.block_on(cluster::ask(&peers, &tls));
+    let answers = runtime.block_on(cluster::ask_peers_of(config));
     answers
         .0
         .into_iter()

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::backup::BackupError;
+use crate::client::ClientError;
 use crate::client::v3::{self, V3Client};
-use crate::client::{ClientError, TlsFiles};
-use crate::cluster::{self, Peer, PeerVersions};
+use crate::cluster::{self, PeerVersions};
 use crate::config::Config;
 use crate::data_dir::{DataDir, DataDirError};
 use crate::durable;
@@ -127,14 +127,9 @@ impl Context<'_> {
         Ok(etcd)
     }
 
-    /// The other members, as this member's initial cluster names them.
-    pub fn peers(&self) -> Vec<Peer> {
-        cluster::peers(&self.config.initial_cluster, &self.config.name)
-    }
-
     /// What every peer says of itself now, asked with this member's peer TLS files.
     pub async fn ask_peers(&self) -> PeerVersions {
-        cluster::ask(&self.peers(), &TlsFiles::peer_from_etcd_args(&self.config.extra_args)).await
+        cluster::ask_peers_of(self.config).await
     }
 
     async fn report_quorum(&self, version: Version) {
