@@ -17,16 +17,19 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 tests/prerequisites.sh
+cargo build --release --quiet
+# Says whether a release is here (`etcd-migrate releases`), for fetch-etcd.sh and below.
+export ETCD_MIGRATE=$PWD/target/release/etcd-migrate
 bin_cache=$(image/fetch-etcd.sh --available | tail -n 1)
-if [ -x "$bin_cache/etcd-2.2.1" ] && [ -x "$bin_cache/etcd-3.7.1" ]; then
+present() { "$ETCD_MIGRATE" releases --bin-dir "$bin_cache" "$@" >/dev/null; }
+if present 2.2.1 3.7.1; then
   source_version=2.2.1 target=${1:-3.7.1}
 else
   source_version=3.3.25 target=${1:-3.5.30}
 fi
-[ -x "$bin_cache/etcd-$target" ] || { echo "rehearse.sh: etcd $target is not in $bin_cache: set ETCD_RELEASE_MIRROR (image/fetch-etcd.sh)" >&2; exit 2; }
+present "$target" || { echo "rehearse.sh: etcd $target is not in $bin_cache: set ETCD_RELEASE_MIRROR (image/fetch-etcd.sh)" >&2; exit 2; }
 [ "$source_version" = 2.2.1 ] \
   || echo "== from etcd 2.2.1 up to 3.7.1 needs a release mirror (ETCD_RELEASE_MIRROR): rehearsing $source_version/etcd2 to $target/etcd3"
-cargo build --release --quiet
 work="$PWD/target/rehearsal"
 rm -rf "$work" && mkdir -p "$work/bin" "$work/var"
 ln -s "$bin_cache"/etcd* "$work/bin/"

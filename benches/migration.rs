@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use etcd_migrate::backup::{self, BackupPolicy};
+use etcd_migrate::bundle::Bundle;
 use etcd_migrate::client::v2::V2Client;
 use etcd_migrate::client::{Endpoint, TlsFiles};
 
@@ -532,7 +533,8 @@ impl Bench {
         let bin = std::env::var_os("ETCD_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/etcd-migrate/etcd")
         });
-        assert!(bin.join("etcd-3.3.25").exists(), "run image/fetch-etcd.sh --available first");
+        let present = Bundle::in_dir(&bin);
+        assert!(present.is_present("3.3.25".parse().unwrap()), "run image/fetch-etcd.sh --available first");
         let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/work");
         let _ = fs::remove_dir_all(&work);
         fs::create_dir_all(&work).unwrap();
@@ -558,11 +560,9 @@ impl Bench {
 
     /// "NOT RUN: needs etcd …" naming those of `releases` the bin dir lacks, if it lacks any.
     fn not_run(&self, releases: &[&str]) -> Option<String> {
-        let absent: Vec<&str> = releases
-            .iter()
-            .copied()
-            .filter(|release| !self.bin.join(format!("etcd-{release}")).exists())
-            .collect();
+        let bundle = Bundle::in_dir(&self.bin);
+        let absent: Vec<&str> =
+            releases.iter().copied().filter(|release| !bundle.is_present(release.parse().unwrap())).collect();
         (!absent.is_empty())
             .then(|| format!("NOT RUN: needs etcd {} (set ETCD_RELEASE_MIRROR)", absent.join(" ")))
     }

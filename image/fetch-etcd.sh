@@ -23,6 +23,8 @@
 #                        etcd's release archives (etcd-vX.Y.Z-linux-ARCH.tar.gz) with a SHA256SUMS
 #                        listing them, either side by side or one folder per release (vX.Y.Z/), as
 #                        etcd's own downloads are laid out; each archive is checked against that list
+#   ETCD_MIGRATE=FILE    an etcd-migrate binary this machine runs, which says whether a release is here
+#                        (`etcd-migrate releases`); default: built from this checkout with cargo
 #
 # Prints the cache directory on its last line. Idempotent: versions already cached are skipped. A
 # version that cannot be had ends the run with one line naming every such version and how to get it.
@@ -78,10 +80,14 @@ debian_suite() {
   esac
 }
 
-# Releases from 3.5 on ship etcdutl too (the 3.5 → 3.6 step runs the newest 3.5's `etcdutl check v2store`).
+# A release is here when it has every tool it ships: etcd-migrate's definition (`src/bundle.rs`), asked.
+migrator=${ETCD_MIGRATE:-}
 have() {
-  [ -x "$cache/etcd-$1" ] && [ -x "$cache/etcdctl-$1" ] || return 1
-  case "$1" in 2.* | 3.[0-4].*) ;; *) [ -x "$cache/etcdutl-$1" ] ;; esac
+  if [ -z "$migrator" ]; then
+    cargo build --quiet --manifest-path "$here/../Cargo.toml" --bin etcd-migrate >&2
+    migrator="${CARGO_TARGET_DIR:-$here/../target}/debug/etcd-migrate"
+  fi
+  "$migrator" releases --bin-dir "$cache" "$1" >/dev/null
 }
 
 # cache_tools DIR VERSION: installs DIR's etcd, etcdctl and etcdutl as <cache>/TOOL-VERSION, atomically.

@@ -22,7 +22,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::config::Config;
 use crate::data_dir::{self, DataDir, DataDirError, STATE_DIR, member_dir};
 use crate::durable::{self, sync_dir};
 use crate::mounts;
@@ -51,19 +50,15 @@ pub struct BackupPolicy {
 /// data dir's parent keeps them; else, when that parent is not on the data dir's own mount (a pod that
 /// mounts the data dir itself, as kubeadm's does), inside the data dir's volume, since anything outside
 /// it dies with the container.
-pub fn policy(config: &Config) -> BackupPolicy {
-    let backup_dir = config.backup_dir.clone().unwrap_or_else(|| {
-        let beside = match config.data_dir.parent() {
+pub fn policy(data_dir: &Path, backup_dir: Option<PathBuf>, retention: usize) -> BackupPolicy {
+    let backup_dir = backup_dir.unwrap_or_else(|| {
+        let beside = match data_dir.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        if mounts::same_mount(&beside, &config.data_dir) {
-            beside
-        } else {
-            data_dir::in_volume_backup_dir(&config.data_dir)
-        }
+        if mounts::same_mount(&beside, data_dir) { beside } else { data_dir::in_volume_backup_dir(data_dir) }
     });
-    BackupPolicy { backup_dir, retention: config.backup_retention }
+    BackupPolicy { backup_dir, retention }
 }
 
 /// A complete, verified backup.
@@ -557,29 +552,15 @@ fn utc_stamp(secs: u64) -> String {
 mod tests {
     use super::*;
 
-    fn config(data_dir: &Path, backup_dir: Option<&Path>) -> Config {
-        let mut args = vec!["--data-dir".into(), data_dir.as_os_str().to_owned()];
-        args.extend(
-            ["--target-version", "3.5.16", "--bundled-versions", "3.5.16", "--name", "m"].map(Into::into),
-        );
-        if let Some(dir) = backup_dir {
-            args.extend(["--backup-dir".into(), dir.as_os_str().to_owned()]);
-        }
-        crate::config::resolve(crate::config::parse(args).unwrap(), |_| None).unwrap()
-    }
-
     #[test]
     fn backups_go_beside_the_data_dir_on_its_mount_else_inside_its_volume() {
         let temp = tempfile::tempdir().unwrap();
         let data = temp.path().join("data");
-        assert_eq!(policy(&config(&data, None)).backup_dir, temp.path());
-        assert_eq!(policy(&config(&data, Some(Path::new("/b")))).backup_dir, Path::new("/b"));
+        assert_eq!(policy(&data, None, 3).backup_dir, temp.path());
+        assert_eq!(policy(&data, Some(PathBuf::from("/b")), 3).backup_dir, Path::new("/b"));
         // /dev/shm is a tmpfs of its own, its parent /dev another mount: a data dir mounted by itself.
         let mounted_alone = Path::new("/dev/shm");
-        assert_eq!(
-            policy(&config(mounted_alone, None)).backup_dir,
-            Path::new("/dev/shm/.etcd-migrate/backups")
-        );
+        assert_eq!(policy(mounted_alone, None, 3).backup_dir, Path::new("/dev/shm/.etcd-migrate/backups"));
     }
 
     fn sample_data_dir(root: &Path) -> PathBuf {

@@ -15,7 +15,8 @@ use std::time::Duration;
 use clap::builder::{PossibleValue, RangedU64ValueParser};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::release::Tool;
+use crate::backup::{self, BackupPolicy};
+use crate::bundle::{Bundle, BundleError};
 use crate::version::{EtcdState, Storage, Version};
 
 const DEFAULT_MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
@@ -33,7 +34,7 @@ const EVENTS_MARKER: &str = "event";
 
 const EXIT_CODES: &str = "exit codes: 0 done, 1 a step failed, 2 bad configuration or input";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Migrate, then exec the target etcd (or exit with `--migrate-only`): what runs without a subcommand.
     #[command(skip)]
@@ -42,6 +43,12 @@ pub enum Command {
     Plan,
     /// Print what is known about the data dir
     Status,
+    /// List the bundled etcd releases and their tools; exit 1 if one (of VERSIONS, if given) lacks a tool
+    Releases {
+        /// Only these releases
+        #[arg(value_name = "X.Y.Z")]
+        versions: Vec<Version>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -275,14 +282,16 @@ pub fn list_options() -> String {
 pub struct Config {
     pub command: Command,
     pub data_dir: PathBuf,
-    pub target: Option<EtcdState>,
-    pub bin_dir: PathBuf,
-    pub bundled: Vec<Version>,
+    /// Every command but `status` has one (checked by [`resolve`]).
+    pub target: Option<Target>,
+    pub bundle: Bundle,
     pub name: String,
     pub listen_client_urls: String,
     pub listen_peer_urls: String,
     pub initial_advertise_peer_urls: String,
     pub initial_cluster: String,
+    /// Whether this member has peers (more than one member in the initial cluster).
+    pub is_cluster_member: bool,
     pub data_prefix: String,
     pub ttl_keys_directory: String,
     pub extra_args: Vec<String>,
@@ -290,9 +299,8 @@ pub struct Config {
     pub log_format: Format,
     pub output: Format,
     pub migrate_only: bool,
-    /// `None`: decided by `backup::policy` (beside the data dir, or inside its volume).
-    pub backup_dir: Option<PathBuf>,
-    pub backup_retention: usize,
+    /// Where backups go and how many are kept (`backup::policy`).
+    pub backup: BackupPolicy,
     pub ttl_lease_duration: Duration,
     pub health_timeout: Duration,
     pub stop_grace: Duration,
@@ -302,29 +310,53 @@ pub struct Config {
     pub etcd_args: Vec<OsString>,
 }
 
+/// The target of a run, resolved once: as asked, and as it will be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub asked: EtcdState,
+    /// `asked`, or the newest bundled patch of its minor when that patch is not bundled, since
+    /// Kubernetes' manifests template the version and the image separately. (No bundled patch at all:
+    /// the planner refuses.)
+    pub state: EtcdState,
+}
+
+impl Target {
+    fn resolve(asked: EtcdState, bundle: &Bundle) -> Target {
+        let state = match bundle.versions().contains(&asked.version) {
+            true => asked,
+            false => EtcdState::new(
+                bundle.newest_patch(asked.version.minor()).unwrap_or(asked.version),
+                asked.storage,
+            ),
+        };
+        Target { asked, state }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("{0} is required: set the flag or its environment variable")]
     Missing(&'static str),
     #[error("{option}: {message}")]
     Invalid { option: &'static str, message: String },
-    #[error("cannot read bin dir {dir}: {message}")]
-    BinDir { dir: PathBuf, message: String },
+    #[error(transparent)]
+    BinDir(#[from] BundleError),
     #[error("cannot make the default member name: {0}: set --name (ETCD_NAME)")]
     Hostname(String),
 }
 
-/// Stage 2: checks what is required, scans the bin dir unless the versions were given, and derives the
-/// member name (from `env`'s `ETCD_HOSTNAME` or `HOSTNAME`, else the hostname), ports and URLs.
+/// Stage 2: checks what is required, scans the bin dir unless the versions were given, resolves the
+/// target against it, and derives the member name (from `env`'s `ETCD_HOSTNAME` or `HOSTNAME`, else the
+/// hostname), ports, URLs and where backups go. (`releases` needs only the bundle: [`Bundle::resolve`].)
 pub fn resolve(args: Args, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let command = args.command.unwrap_or(Command::Migrate);
     let data_dir = args.data_dir.ok_or(ConfigError::Missing("--data-dir (DATA_DIRECTORY)"))?;
-    let target = match (command, args.target_version) {
-        (_, Some(version)) => Some(EtcdState::new(version, args.target_storage)),
+    let bundle = Bundle::resolve(&args.bin_dir, args.bundled_versions)?;
+    let target = match (&command, args.target_version) {
+        (_, Some(version)) => Some(Target::resolve(EtcdState::new(version, args.target_storage), &bundle)),
         (Command::Status, None) => None,
         (_, None) => return Err(ConfigError::Missing("--target-version (TARGET_VERSION)")),
     };
-    let bundled = bundled_versions(args.bundled_versions, &args.bin_dir)?;
     let ports = if is_events_data_dir(&data_dir) { EVENTS_PORTS } else { PORTS };
     let port = args.port.unwrap_or(ports.client);
     let peer_url = format!("http://localhost:{}", args.peer_port.unwrap_or(ports.peer));
@@ -332,14 +364,16 @@ pub fn resolve(args: Args, env: impl Fn(&str) -> Option<String>) -> Result<Confi
         Some(name) => name,
         None => format!("etcd-{}", hostname(env)?),
     };
+    let initial_cluster = args.initial_cluster.unwrap_or_else(|| format!("{name}={peer_url}"));
     Ok(Config {
         command,
         target,
-        bundled,
+        bundle,
+        is_cluster_member: initial_cluster.split(',').filter(|m| !m.trim().is_empty()).count() > 1,
+        initial_cluster,
         listen_client_urls: args.listen_client_urls.unwrap_or_else(|| format!("http://127.0.0.1:{port}")),
         listen_peer_urls: args.listen_peer_urls.unwrap_or_else(|| peer_url.clone()),
         initial_advertise_peer_urls: args.initial_advertise_peer_urls.unwrap_or_else(|| peer_url.clone()),
-        initial_cluster: args.initial_cluster.unwrap_or_else(|| format!("{name}={peer_url}")),
         ttl_keys_directory: args.ttl_keys_directory.unwrap_or_else(|| format!("{}/events", args.data_prefix)),
         data_prefix: args.data_prefix,
         extra_args: args
@@ -352,50 +386,22 @@ pub fn resolve(args: Args, env: impl Fn(&str) -> Option<String>) -> Result<Confi
         log_format: args.log_format,
         output: args.output,
         migrate_only: args.migrate_only,
-        backup_dir: args.backup_dir,
-        backup_retention: args.backup_retention,
+        backup: backup::policy(&data_dir, args.backup_dir, args.backup_retention),
         ttl_lease_duration: args.ttl_lease_duration,
         health_timeout: args.health_timeout,
         stop_grace: args.stop_grace,
         downgrade_method: args.downgrade_method,
         assume_current: args.assume_current,
         name,
-        bin_dir: args.bin_dir,
         data_dir,
         etcd_args: args.etcd_args,
     })
 }
 
 impl Config {
-    /// The target, which every command but `status` requires (checked by [`resolve`]): as asked, or the
-    /// newest bundled patch of its minor when that patch is not bundled, since Kubernetes' manifests
-    /// template the version and the image separately. (No bundled patch at all: the planner refuses.)
+    /// The state a run ends at (see [`Target`]).
     pub fn target(&self) -> EtcdState {
-        let asked = self.target.expect("resolve requires a target for this command");
-        let bundled_patch =
-            || self.bundled.iter().copied().filter(|v| v.minor() == asked.version.minor()).max();
-        match self.bundled.contains(&asked.version) {
-            true => asked,
-            false => EtcdState::new(bundled_patch().unwrap_or(asked.version), asked.storage),
-        }
-    }
-
-    /// Whether this member has peers (more than one member in the initial cluster).
-    pub fn is_cluster_member(&self) -> bool {
-        self.initial_cluster.split(',').filter(|m| !m.trim().is_empty()).count() > 1
-    }
-
-    pub fn etcd_binary(&self, version: Version) -> PathBuf {
-        self.binary(Tool::Etcd, version)
-    }
-
-    pub fn etcdctl_binary(&self, version: Version) -> PathBuf {
-        self.binary(Tool::Etcdctl, version)
-    }
-
-    /// `<bin-dir>/<tool>-X.Y.Z`, as the image bundles each release's tools.
-    pub fn binary(&self, tool: Tool, version: Version) -> PathBuf {
-        self.bin_dir.join(format!("{}-{version}", tool.name()))
+        self.target.expect("resolve requires a target for this command").state
     }
 }
 
@@ -443,27 +449,6 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         _ => return Err(format!("{value:?} is not a duration like 90s, 5m or 1h")),
     };
     if duration.is_zero() { Err(format!("{value:?} must be longer than zero")) } else { Ok(duration) }
-}
-
-/// The bundled releases, oldest first: `listed` (`BUNDLED_VERSIONS`) when given, else the `etcd-X.Y.Z`
-/// found in the bin dir.
-pub fn bundled_versions(listed: Option<VersionList>, bin_dir: &Path) -> Result<VersionList, ConfigError> {
-    match listed {
-        Some(list) => Ok(list),
-        None => scan_bin_dir(bin_dir),
-    }
-}
-
-/// Every `etcd-X.Y.Z` in the bin dir.
-fn scan_bin_dir(bin_dir: &Path) -> Result<Vec<Version>, ConfigError> {
-    let entries = std::fs::read_dir(bin_dir)
-        .map_err(|e| ConfigError::BinDir { dir: bin_dir.to_path_buf(), message: e.to_string() })?;
-    let mut versions: Vec<Version> = entries
-        .filter_map(|entry| entry.ok())
-        .filter_map(|entry| entry.file_name().to_str()?.strip_prefix("etcd-")?.parse().ok())
-        .collect();
-    versions.sort();
-    Ok(versions)
 }
 
 #[cfg(test)]
@@ -520,8 +505,8 @@ mod tests {
             let config = config(&[]).unwrap();
             assert_eq!(config.command, Command::Migrate);
             assert_eq!(config.target(), "3.5.16/etcd3".parse().unwrap());
-            assert_eq!(config.bin_dir, PathBuf::from("/usr/local/bin"));
-            assert_eq!(config.bundled, vec![Version::new(3, 4, 23), Version::new(3, 5, 16)]);
+            assert_eq!(config.bundle.dir(), Path::new("/usr/local/bin"));
+            assert_eq!(config.bundle.versions(), [Version::new(3, 4, 23), Version::new(3, 5, 16)]);
             assert_eq!(config.name, "etcd-node1");
             assert_eq!(config.listen_client_urls, "http://127.0.0.1:18629");
             assert_eq!(config.listen_peer_urls, "http://localhost:2380");
@@ -532,8 +517,8 @@ mod tests {
             assert!(config.extra_args.is_empty());
             assert_eq!(config.storage_media_type, DEFAULT_MEDIA_TYPE);
             assert_eq!((config.log_format, config.output), (Format::Text, Format::Text));
-            assert_eq!(config.backup_dir, None);
-            assert_eq!(config.backup_retention, 3);
+            assert_eq!(config.backup.backup_dir, Path::new("/var/etcd"), "beside the data dir");
+            assert_eq!(config.backup.retention, 3);
             assert_eq!(config.ttl_lease_duration, Duration::from_secs(3600));
             assert_eq!(config.health_timeout, Duration::from_secs(300));
             assert_eq!(config.stop_grace, Duration::from_secs(10));
@@ -571,18 +556,18 @@ mod tests {
             let config = config(&[]).unwrap();
             assert_eq!(config.data_dir, PathBuf::from("/var/etcd/data-events"));
             assert_eq!(config.target(), "3.4.23/etcd2".parse().unwrap());
-            assert_eq!(config.bundled, [Version::new(3, 4, 23)]);
+            assert_eq!(config.bundle.versions(), [Version::new(3, 4, 23)]);
             assert_eq!(config.name, "m0");
             assert_eq!(config.listen_client_urls, "http://127.0.0.1:1");
             assert_eq!(config.listen_peer_urls, "http://127.0.0.1:2");
             assert_eq!(config.initial_advertise_peer_urls, "http://m0:2");
-            assert!(config.is_cluster_member());
+            assert!(config.is_cluster_member);
             assert_eq!(config.data_prefix, "/k8s");
             assert_eq!(config.ttl_keys_directory, "/k8s/ev");
             assert_eq!(config.extra_args, ["--cert-file=/c", "--key-file", "/k"]);
             assert_eq!(config.storage_media_type, "application/json");
-            assert_eq!(config.backup_dir, Some(PathBuf::from("/backups")));
-            assert_eq!(config.backup_retention, 5);
+            assert_eq!(config.backup.backup_dir, Path::new("/backups"));
+            assert_eq!(config.backup.retention, 5);
             assert_eq!(config.ttl_lease_duration, Duration::from_secs(7200));
             assert_eq!(config.health_timeout, Duration::from_secs(90));
             assert_eq!(config.downgrade_method, DowngradeMethod::Logical);
@@ -616,8 +601,8 @@ mod tests {
             assert_eq!(config.listen_client_urls, "http://127.0.0.1:18629");
             assert_eq!(config.initial_cluster, "etcd-node1=http://localhost:2380");
             assert!(config.extra_args.is_empty());
-            assert_eq!(config.backup_dir, None);
-            assert_eq!(config.backup_retention, 3);
+            assert_eq!(config.backup.backup_dir, Path::new("/var/etcd"), "beside the data dir");
+            assert_eq!(config.backup.retention, 3);
             assert_eq!(config.health_timeout, Duration::from_secs(300));
             assert_eq!(config.downgrade_method, DowngradeMethod::Auto);
             assert_eq!(config.assume_current, None);
@@ -665,7 +650,7 @@ mod tests {
             &vars,
             || {
                 let status = config(&["status", "--data-dir", "/d"]).unwrap();
-                assert_eq!((status.command, status.target), (Command::Status, None));
+                assert_eq!((&status.command, status.target), (&Command::Status, None));
                 let plan =
                     config(&["--data-dir", "/d", "plan", "--target-version", "3.5.16", "--", "--x"]).unwrap();
                 assert_eq!(plan.command, Command::Plan);
@@ -745,7 +730,7 @@ mod tests {
                 std::fs::write(bin_dir.join(file), "").unwrap();
             }
             let scanned = config(&["--bin-dir", bin_dir.to_str().unwrap()]).unwrap();
-            assert_eq!(scanned.bundled, [Version::new(3, 4, 23), Version::new(3, 5, 16)]);
+            assert_eq!(scanned.bundle.versions(), [Version::new(3, 4, 23), Version::new(3, 5, 16)]);
             let missing = config(&["--bin-dir", bin_dir.join("missing").to_str().unwrap()]).unwrap_err();
             assert!(missing.starts_with("cannot read bin dir"), "{missing}");
         });

@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod bbolt;
+pub mod bundle;
 pub mod client;
 pub mod cluster;
 pub mod config;

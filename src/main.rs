@@ -9,8 +9,10 @@ use std::process::ExitCode;
 
 use tracing::{error, info};
 
+use etcd_migrate::bundle::Bundle;
 use etcd_migrate::config::{self, Command, Config};
 use etcd_migrate::multicall::{self, Action};
+use etcd_migrate::version::Version;
 use etcd_migrate::{exec, logging, migrate, report};
 
 fn main() -> ExitCode {
@@ -45,6 +47,13 @@ fn main() -> ExitCode {
     };
     if args.list_options {
         return print(config::list_options());
+    }
+    if let Some(Command::Releases { versions }) = &args.command {
+        // It needs only the bundle, not the data dir and target the other commands require.
+        return match Bundle::resolve(&args.bin_dir, args.bundled_versions.clone()) {
+            Ok(bundle) => releases(&bundle, versions, args.output),
+            Err(e) => bad_configuration(e.into()),
+        };
     }
     let config = match config::resolve(args, |var| env.get(var).cloned()) {
         Ok(config) => config,
@@ -86,6 +95,13 @@ fn bad_configuration(e: config::ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// `releases`: exit 1 when a release listed lacks a tool it ships.
+fn releases(bundle: &Bundle, versions: &[Version], output: config::Format) -> ExitCode {
+    let (text, all_present) = report::releases(bundle, versions, output);
+    print!("{text}");
+    if all_present { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
 fn print(text: String) -> ExitCode {
     print!("{text}");
     ExitCode::SUCCESS
@@ -100,6 +116,8 @@ fn run(config: &Config, verbatim: bool, env: &HashMap<String, String>) -> Result
         Command::Plan => return report::plan(config).map(print).map(drop).map_err(read_only),
         Command::Status => return report::status(config).map(print).map(drop).map_err(read_only),
         Command::Migrate => {}
+        // Answered in `main` before resolving, which it does not need.
+        Command::Releases { .. } => return Ok(()),
     }
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| (2, e.to_string()))?;
@@ -110,7 +128,7 @@ fn run(config: &Config, verbatim: bool, env: &HashMap<String, String>) -> Result
         info!(at = %target, "migrated; --migrate-only: not starting etcd");
         return Ok(());
     }
-    let binary = config.etcd_binary(target.version);
+    let binary = config.bundle.etcd(target.version);
     let data_dir = (!verbatim).then_some(config.data_dir.as_path());
     let argv = exec::etcd_command(&binary, data_dir, &config.etcd_args);
     info!(at = %target, binary = %binary.display(), "starting etcd");

@@ -129,7 +129,7 @@ pub async fn migrate(config: &Config) -> Result<Phase, Failure> {
 
 async fn run(config: &Config, progress: &mut Progress) -> Result<(), MigrateError> {
     let target = config.target();
-    if let Some(asked) = config.target.filter(|asked| *asked != target) {
+    if let Some(asked) = config.target.map(|t| t.asked).filter(|asked| *asked != target) {
         warn!(asked = %asked, using = %target, "target patch not bundled: using the newest bundled patch of its minor");
     }
     preflight::check_target_binary(config)?;
@@ -175,8 +175,8 @@ async fn run(config: &Config, progress: &mut Progress) -> Result<(), MigrateErro
 /// `cluster` (see [`plan::check_member_of_cluster`]). The one way both `migrate` and the read-only
 /// `plan` command plan.
 pub fn plan_for(config: &Config, current: EtcdState, cluster: Option<Minor>) -> Result<Plan, PlanError> {
-    let plan = plan::plan(current, config.target(), &config.bundled, &config.storage_media_type)?;
-    if config.is_cluster_member() {
+    let plan = plan::plan(current, config.target(), config.bundle.versions(), &config.storage_media_type)?;
+    if config.is_cluster_member {
         plan::check_member_of_cluster(&plan, cluster)?;
     }
     Ok(plan)
@@ -219,18 +219,17 @@ async fn resume(ctx: &Context<'_>, unfinished: &mut Journal) -> Result<(), Migra
 
 async fn run_steps(ctx: &Context<'_>, plan: &Plan, progress: &mut Progress) -> Result<(), MigrateError> {
     let data_dir = ctx.data_dir;
-    let policy = backup::policy(ctx.config);
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
     for (index, &step) in plan.steps.iter().enumerate() {
         let at = step.before();
-        if index > 0 && ctx.config.is_cluster_member() {
+        if index > 0 && ctx.config.is_cluster_member {
             // The previous step may have moved the cluster (or not): its data says where it stands now.
             plan::check_step_in_cluster(&step, data_dir::inspect(data_dir.path())?.db_minor)?;
         }
         if plan.backup_before(index) {
             let label = at.to_string().replace('/', "-");
-            let made = backup::create(data_dir.path(), &label, &policy)?;
+            let made = backup::create(data_dir.path(), &label, &ctx.config.backup)?;
             info!(path = %made.path.display(), bytes = made.bytes, files = made.files, "backup verified");
             progress.backup = Some(made.path);
         }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
+use crate::bundle::{Bundle, BundleError};
 use crate::config::{self, ConfigError};
 use crate::etcd_flags::EtcdFlags;
 use crate::version::Version;
@@ -117,10 +118,12 @@ fn newest_bundled(env: &HashMap<String, String>, bin_dir: &Path) -> Result<Versi
         config::parse_version_list(list)
             .map_err(|message| ConfigError::Invalid { option: "BUNDLED_VERSIONS", message })
     });
-    let bundled = config::bundled_versions(listed.transpose()?, bin_dir)?;
-    bundled.last().copied().ok_or_else(|| ConfigError::BinDir {
-        dir: bin_dir.to_path_buf(),
-        message: "it holds no etcd-X.Y.Z: bundle at least one etcd release beside this binary".into(),
+    let bundle = Bundle::resolve(bin_dir, listed.transpose()?)?;
+    bundle.newest().ok_or_else(|| {
+        ConfigError::BinDir(BundleError {
+            dir: bin_dir.to_path_buf(),
+            message: "it holds no etcd-X.Y.Z: bundle at least one etcd release beside this binary".into(),
+        })
     })
 }
 

@@ -40,7 +40,7 @@ pub fn check(config: &Config, plan: &Plan) -> Result<(), PreflightError> {
         let checks: Vec<_> = tools
             .iter()
             .map(|&(tool, version)| {
-                let path = config.binary(tool, version);
+                let path = config.bundle.binary(tool, version);
                 scope.spawn(move || check_binary(&path, &release::version_query(tool, version)))
             })
             .collect();
@@ -51,7 +51,7 @@ pub fn check(config: &Config, plan: &Plan) -> Result<(), PreflightError> {
     for url in urls {
         etcd_process::ensure_port_free(url.trim())?;
     }
-    let backup_dir = backup::policy(config).backup_dir;
+    let backup_dir = &config.backup.backup_dir;
     std::fs::create_dir_all(&backup_dir)
         .map_err(|e| PreflightError::NotWritable { path: backup_dir.clone(), message: e.to_string() })?;
     check_writable(&backup_dir)?;
@@ -68,7 +68,7 @@ pub fn check(config: &Config, plan: &Plan) -> Result<(), PreflightError> {
 /// not a run, to keep the no-op path fast.
 pub fn check_target_binary(config: &Config) -> Result<(), PreflightError> {
     let version = config.target().version;
-    let path = config.etcd_binary(version);
+    let path = config.bundle.etcd(version);
     let executable =
         std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if executable { Ok(()) } else { Err(PreflightError::MissingBinary { path, version }) }

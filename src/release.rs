@@ -110,6 +110,15 @@ impl Tool {
     }
 }
 
+/// The tools release `version` ships: etcd and etcdctl, and etcdutl from 3.5 on.
+pub fn tools(version: Version) -> &'static [Tool] {
+    if capabilities(version).etcdutl {
+        &[Tool::Etcd, Tool::Etcdctl, Tool::Etcdutl]
+    } else {
+        &[Tool::Etcd, Tool::Etcdctl]
+    }
+}
+
 /// How to ask `tool` of release `version` for its version, without a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionQuery {

@@ -1,5 +1,5 @@
-//! The read-only commands: `plan` (the steps a migration would take) and `status` (what is known of the
-//! data dir). Neither takes the lock nor writes anything.
+//! The read-only commands: `plan` (the steps a migration would take), `status` (what is known of the
+//! data dir) and `releases` (what the bin dir holds). None takes the lock or writes anything.
 
 use std::path::Path;
 
@@ -8,12 +8,15 @@ use serde_json::json;
 
 use crate::backup;
 use crate::bbolt;
+use crate::bundle::Bundle;
 use crate::cluster;
 use crate::config::{Config, Format};
 use crate::data_dir::{self, Current, Facts};
 use crate::journal;
 use crate::migrate::{self, MigrateError};
 use crate::plan::Plan;
+use crate::release;
+use crate::version::Version;
 
 /// Renders the plan from where the data stands to the target.
 pub fn plan(config: &Config) -> Result<String, MigrateError> {
@@ -112,7 +115,7 @@ struct PeerStatus {
 
 /// What each peer says of itself, for a member of a cluster (none for a single member).
 fn peer_statuses(config: &Config) -> Vec<PeerStatus> {
-    if !config.is_cluster_member() {
+    if !config.is_cluster_member {
         return Vec::new();
     }
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
@@ -135,8 +138,7 @@ fn peer_statuses(config: &Config) -> Vec<PeerStatus> {
 pub fn status(config: &Config) -> Result<String, MigrateError> {
     let facts: Facts = data_dir::inspect(&config.data_dir)?;
     let unfinished = journal::read(&config.data_dir)?.map(|j| j.step.to_string());
-    let policy = backup::policy(config);
-    let backups = backup::list(&config.data_dir, &policy)?;
+    let backups = backup::list(&config.data_dir, &config.backup)?;
     let status = Status {
         data_dir: config.data_dir.display().to_string(),
         version_file: facts.version_file.map(|v| v.to_string()),
@@ -144,7 +146,7 @@ pub fn status(config: &Config) -> Result<String, MigrateError> {
         db_cluster_version: facts.db_minor.map(|m| m.to_string()),
         v3_revisions: facts.v3_revisions,
         unfinished_step: unfinished,
-        backup_dir: policy.backup_dir.display().to_string(),
+        backup_dir: config.backup.backup_dir.display().to_string(),
         backups: backups.iter().map(|b| b.display().to_string()).collect(),
         downgrade_job: if facts.has_db {
             bbolt::downgrade_target(&data_dir::db_path(&config.data_dir))
@@ -184,4 +186,44 @@ pub fn status(config: &Config) -> Result<String, MigrateError> {
             out
         }
     })
+}
+
+/// One bundled release, as `releases` reports it.
+#[derive(Debug, Serialize)]
+struct BundledRelease {
+    version: String,
+    present: bool,
+    tools: Vec<&'static str>,
+    missing: Vec<&'static str>,
+}
+
+/// Lists `versions` (else every bundled release) with the tools each ships and which of them the bin
+/// dir lacks; `true` when every release listed is present. The one answer to "is this release here"
+/// for the scripts (`image/fetch-etcd.sh`, `tests/run.sh`) as for an operator.
+pub fn releases(bundle: &Bundle, versions: &[Version], output: Format) -> (String, bool) {
+    let versions = if versions.is_empty() { bundle.versions() } else { versions };
+    let listed: Vec<BundledRelease> = versions
+        .iter()
+        .map(|&version| {
+            let missing: Vec<&str> = bundle.missing_tools(version).iter().map(|tool| tool.name()).collect();
+            BundledRelease {
+                version: version.to_string(),
+                present: missing.is_empty(),
+                tools: release::tools(version).iter().map(|tool| tool.name()).collect(),
+                missing,
+            }
+        })
+        .collect();
+    let all_present = listed.iter().all(|release| release.present);
+    let text = match output {
+        Format::Json => format!("{:#}\n", serde_json::to_value(&listed).expect("releases serialize")),
+        Format::Text => listed
+            .iter()
+            .map(|release| match release.present {
+                true => format!("{} present: {}\n", release.version, release.tools.join(" ")),
+                false => format!("{} missing: {}\n", release.version, release.missing.join(" ")),
+            })
+            .collect(),
+    };
+    (text, all_present)
 }

@@ -32,7 +32,11 @@ fn repo() -> &'static Path {
 
 /// Runs one of the image scripts, returning its last line of stdout (a path); panics with its stderr.
 fn script(name: &str, args: &[&str], env: &[(&str, &str)]) -> PathBuf {
-    let output = Command::new(repo().join("image").join(name)).args(args).envs(env.iter().copied()).output();
+    let output = Command::new(repo().join("image").join(name))
+        .args(args)
+        .env("ETCD_MIGRATE", env!("CARGO_BIN_EXE_etcd-migrate"))
+        .envs(env.iter().copied())
+        .output();
     let output = output.unwrap_or_else(|e| panic!("{name}: {e}"));
     assert!(output.status.success(), "{name} failed:\n{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);

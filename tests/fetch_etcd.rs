@@ -14,6 +14,7 @@ use support::*;
 fn fetch(cache: &Path, mirror: Option<&str>, args: &[&str]) -> Output {
     let mut command = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("image/fetch-etcd.sh"));
     command.args(args).env("ETCD_CACHE", cache).env_remove("ETCD_RELEASE_MIRROR");
+    command.env("ETCD_MIGRATE", env!("CARGO_BIN_EXE_etcd-migrate"));
     if let Some(mirror) = mirror {
         command.env("ETCD_RELEASE_MIRROR", mirror);
     }

@@ -69,6 +69,7 @@ fn stage_and_build(dir: &Path) {
         .arg(dir)
         .env("BUNDLED_ETCD_VERSIONS", "3.3.25 3.4.23 3.5.16")
         .env("ETCD_CACHE", etcd_bin_dir())
+        .env("ETCD_MIGRATE", env!("CARGO_BIN_EXE_etcd-migrate"))
         .output()
         .unwrap();
     assert!(stage.status.success(), "stage.sh: {}", String::from_utf8_lossy(&stage.stderr));

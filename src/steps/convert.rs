@@ -87,7 +87,7 @@ pub async fn run(ctx: &Context<'_>, at: Version, journal: &mut Journal) -> Resul
 
     let progress = Progress::start("etcdctl migrate (bytes read and written)", Unit::Bytes, None);
     let output =
-        Etcdctl::new(ctx.config.etcdctl_binary(at), at).migrate(data_dir, MIGRATE_TIMEOUT, &progress).await?;
+        Etcdctl::new(ctx.config.bundle.etcdctl(at), at).migrate(data_dir, MIGRATE_TIMEOUT, &progress).await?;
     drop(progress);
     info!(etcdctl = output.lines().last().unwrap_or_default(), "etcdctl migrate done");
     faults::pause_async("etcdctl-migrate-done").await;

@@ -67,7 +67,7 @@ async fn by_snapshot(
     let (before, read_at) = keyspace(&etcd, LATEST).await?;
     faults::pause_async("downgrade-source-read").await;
     let tls = TlsFiles::from_etcd_args(&config.extra_args);
-    Etcdctl::new(config.etcdctl_binary(source), source)
+    Etcdctl::new(config.bundle.etcdctl(source), source)
         .snapshot_save(etcd.endpoint().base_url(), &tls, &snapshot, ETCDCTL_TIMEOUT)
         .await?;
     ctx.stop(etcd).await?;
@@ -83,7 +83,7 @@ async fn by_snapshot(
     if faults::fail("snapshot-restore") {
         return Err(StepError::Failed("snapshot restore failed (fault injected)".into()));
     }
-    Etcdctl::new(config.etcdctl_binary(to.version), to.version)
+    Etcdctl::new(config.bundle.etcdctl(to.version), to.version)
         .snapshot_restore(&snapshot, &restored, &member, ETCDCTL_TIMEOUT)
         .await?;
     info!(to = %to, "snapshot restored with etcdctl {} (path: snapshot restore)", to.version);

@@ -76,7 +76,7 @@ impl Context<'_> {
     pub fn etcd_spec(&self, version: Version, storage: Storage, data_dir: &Path) -> EtcdSpec {
         let config = self.config;
         EtcdSpec {
-            binary: config.etcd_binary(version),
+            binary: config.bundle.etcd(version),
             version,
             data_dir: data_dir.to_path_buf(),
             name: config.name.clone(),
@@ -105,7 +105,7 @@ impl Context<'_> {
     pub async fn start_spec_healthy(&self, spec: EtcdSpec) -> Result<EtcdProcess, StepError> {
         let mut etcd = EtcdProcess::start(spec).await?;
         let timeout = self.config.health_timeout;
-        if self.config.is_cluster_member() {
+        if self.config.is_cluster_member {
             let deadline = Instant::now() + timeout;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -151,7 +151,7 @@ impl Context<'_> {
     /// against it. A peer that does not answer, or runs an older minor, ends the wait at once: the
     /// cluster stays where it is, and the next step's check says so.
     pub async fn settle_cluster_version(&self, etcd: &EtcdProcess) {
-        if !self.config.is_cluster_member() {
+        if !self.config.is_cluster_member {
             return;
         }
         let own = etcd.spec().version.minor();

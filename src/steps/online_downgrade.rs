@@ -93,7 +93,7 @@ async fn lower_storage_version(
     source: Version,
     target: Minor,
 ) -> Result<(), StepError> {
-    let etcdctl = Etcdctl::new(ctx.config.etcdctl_binary(source), source);
+    let etcdctl = Etcdctl::new(ctx.config.bundle.etcdctl(source), source);
     let tls = TlsFiles::from_etcd_args(&ctx.config.extra_args);
     let url = etcd.endpoint().base_url();
     let lowered = Version::new(target.major, target.minor, 0).to_string();
@@ -101,7 +101,7 @@ async fn lower_storage_version(
     // A later member of a rolling downgrade finds the job on, or already ended by etcd once every other
     // member ran the target (this one is then rerunning a step a kill cut short): nothing to enable.
     let cluster_lowered =
-        ctx.config.is_cluster_member() && v3::versions(etcd.endpoint()).await?.cluster == lowered;
+        ctx.config.is_cluster_member && v3::versions(etcd.endpoint()).await?.cluster == lowered;
     if !downgrading_to(&status, &lowered) && !cluster_lowered {
         for action in ["validate", "enable"] {
             etcdctl.downgrade(url, &tls, action, target, ETCDCTL_TIMEOUT).await?;

@@ -65,7 +65,7 @@ fn check_wal(version: Version, data_dir: &Path) -> Result<(), StepError> {
 }
 
 async fn check_v2store(ctx: &Context<'_>, version: Version, data_dir: &Path) -> Result<(), StepError> {
-    let etcdutl = Etcdctl::new(ctx.config.binary(Tool::Etcdutl, version), version);
+    let etcdutl = Etcdctl::new(ctx.config.bundle.binary(Tool::Etcdutl, version), version);
     let args = ["check".into(), "v2store".into(), "--data-dir".into(), data_dir.display().to_string()];
     match etcdutl.run(&args, CHECK_TIMEOUT).await {
         Ok(output) => {

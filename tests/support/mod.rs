@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use etcd_migrate::bundle::Bundle;
 use etcd_migrate::client::v2::V2Client;
 use etcd_migrate::client::v3::{KeyValue, LATEST, V3Client, connect_options};
 use etcd_migrate::client::{ClientError, Endpoint, TlsFiles, health};
@@ -55,24 +56,18 @@ pub fn releases_present(versions: &[&str]) -> bool {
     false
 }
 
-/// The releases of `versions` that `dir` lacks a tool of, laid out as `image/fetch-etcd.sh` lays them
-/// out: etcd-X.Y.Z, etcdctl-X.Y.Z and, where the release ships it, etcdutl-X.Y.Z.
+/// The releases of `versions` that are not present in `dir` (`Bundle::is_present`: every tool the
+/// release ships).
 pub fn missing_releases<'a>(dir: &Path, versions: &[&'a str]) -> Vec<&'a str> {
-    let has_all_tools = |version: &str| {
-        let mut tools = vec![release::Tool::Etcd, release::Tool::Etcdctl];
-        if release::capabilities(version.parse().unwrap()).etcdutl {
-            tools.push(release::Tool::Etcdutl);
-        }
-        tools.iter().all(|tool| dir.join(format!("{}-{version}", tool.name())).is_file())
-    };
-    versions.iter().copied().filter(|version| !has_all_tools(version)).collect()
+    let bundle = Bundle::in_dir(dir);
+    versions.iter().copied().filter(|version| !bundle.is_present(version.parse().unwrap())).collect()
 }
 
 /// The newest patch of `minor` (`"3.5"`) in the bin dir: the release the migrator leaves that minor from
 /// (and reads a downgrade's data with), whichever releases this machine has.
 pub fn newest_bundled_patch(minor: &str) -> String {
-    let bundled = etcd_migrate::config::bundled_versions(None, &etcd_bin_dir()).unwrap();
-    let newest = bundled.iter().filter(|version| version.minor().to_string() == minor).max();
+    let bundle = Bundle::scan(&etcd_bin_dir()).unwrap();
+    let newest = bundle.versions().iter().filter(|version| version.minor().to_string() == minor).max();
     newest.unwrap_or_else(|| panic!("no etcd {minor}.x in the bin dir")).to_string()
 }
 
