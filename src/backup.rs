@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::data_dir::{self, DataDir, DataDirError, STATE_DIR, member_dir};
+use crate::data_dir::{self, Changing, DataDirError, STATE_DIR, member_dir};
 use crate::durable::{self, sync_dir};
 use crate::mounts;
 use crate::progress::{Progress, Unit};
@@ -105,16 +105,10 @@ pub fn create(data_dir: &Path, label: &str, policy: &BackupPolicy) -> Result<Bac
         }
         path = policy.backup_dir.join(format!("{base}-{n}"));
     }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&policy.backup_dir)
-        .map_err(io_error(&policy.backup_dir))?;
-    // The backup dir may be new (this run's preflight makes it): its own entry must survive a power cut
-    // too, or the journal would name a backup that is gone.
-    if let Some(parent) = policy.backup_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        sync_dir(parent).map_err(io_error(parent))?;
-    }
+    // The backup dir may be new: its entries must survive a power cut too, or the journal would name a
+    // backup that is gone. A failed backup takes away what it made (a first one exits 2, "nothing
+    // changed", and the in-volume backup dir is inside the data dir).
+    let made = durable::create_dirs(&policy.backup_dir).map_err(io_error(&policy.backup_dir))?;
     let staging = partial(&path);
     let result = copy_tree(data_dir, &staging, "backing up").and_then(|(files, bytes, digest)| {
         if crate::faults::fail("backup-copy") {
@@ -139,6 +133,7 @@ pub fn create(data_dir: &Path, label: &str, policy: &BackupPolicy) -> Result<Bac
     });
     if result.is_err() {
         let _ = fs::remove_dir_all(&staging);
+        durable::remove_made_dirs(&made);
     }
     let backup = result?;
     prune(data_dir, policy, &backup.path)?;
@@ -235,7 +230,7 @@ pub fn size_of(data_dir: &Path) -> Result<u64, BackupError> {
 
 /// Replaces `member/` in the data dir with the backup's, atomically: the backup's member is verified,
 /// copied beside the live one, and swapped in; the old member is removed only after that.
-pub fn restore(backup: &Path, data_dir: &DataDir) -> Result<(), BackupError> {
+pub fn restore(backup: &Path, data_dir: Changing<'_>) -> Result<(), BackupError> {
     verify(backup)?;
     let work = data_dir.fresh_work_dir("restore")?;
     copy_tree(&backup.join("member"), &work.join("member"), "restoring the backup")?;
@@ -651,7 +646,7 @@ mod tests {
             create(&data, "x", &BackupPolicy { backup_dir: root.to_path_buf(), retention: 1 }).unwrap();
         fs::write(data.join("member/snap/db"), b"converted").unwrap();
         fs::write(data.join("member/extra"), b"new").unwrap();
-        restore(&backup.path, &DataDir::open_locked(&data).unwrap()).unwrap();
+        restore(&backup.path, data_dir::DataDir::open_locked(&data).unwrap().changing()).unwrap();
         assert_eq!(fs::read(data.join("member/snap/db")).unwrap(), vec![7u8; 3 << 20]);
         assert!(!data.join("member/extra").exists());
         assert!(!data.join(".etcd-migrate/work/restore").exists());

@@ -6,6 +6,7 @@
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// Replaces `path` with `bytes`, atomically and durably.
@@ -79,6 +80,32 @@ pub fn sync_tree(dir: &Path) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// Makes `dir` and its missing ancestors (mode 0700), each entry durable in its parent; returns the
+/// ones it made, outermost first, so a caller that fails can take them away again.
+pub fn create_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let missing: Vec<&Path> =
+        dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).collect();
+    let mut made = Vec::new();
+    for dir in missing.into_iter().rev() {
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            Err(_) => continue,
+            Ok(()) => made.push(dir.to_path_buf()),
+        }
+        sync_dir(parent(dir))?;
+    }
+    Ok(made)
+}
+
+/// Takes away directories [`create_dirs`] made, innermost first, as far as they are empty.
+pub fn remove_made_dirs(made: &[PathBuf]) {
+    for dir in made.iter().rev() {
+        if fs::remove_dir(dir).is_ok() {
+            let _ = sync_dir(parent(dir));
+        }
+    }
+}
+
 fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -114,5 +141,17 @@ mod tests {
         std::os::unix::fs::symlink("wal", dir.join("member/link")).unwrap();
         sync_tree(&dir.join("member")).unwrap();
         assert!(sync_tree(&dir.join("missing")).is_err());
+    }
+
+    #[test]
+    fn makes_missing_dirs_and_takes_them_away_again() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
+        fs::create_dir(dir.join("a")).unwrap();
+        let made = create_dirs(&dir.join("a/b/c")).unwrap();
+        assert_eq!(made, [dir.join("a/b"), dir.join("a/b/c")]);
+        assert_eq!(create_dirs(&dir.join("a/b/c")).unwrap(), Vec::<PathBuf>::new());
+        remove_made_dirs(&made);
+        assert!(dir.join("a").is_dir() && !dir.join("a/b").exists());
     }
 }

@@ -2,22 +2,23 @@
 //! check everything the plan needs, then take each step with a backup first where the plan says and
 //! `version.txt` rewritten after each, so a crash at any point resumes from the last completed step.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::backup::{self, BackupError};
+use crate::cluster;
 use crate::config::Config;
-use crate::data_dir::{self, Current, DataDir, DataDirError};
+use crate::data_dir::journal::{self, Journal, JournalError};
+use crate::data_dir::version_file::{self, VersionFileError};
+use crate::data_dir::{self, Changing, Current, DataDir, DataDirError};
 use crate::durable;
-use crate::journal::{self, Journal, JournalError};
 use crate::plan::{self, Plan, PlanError};
 use crate::preflight::{self, PreflightError};
 use crate::steps::{self, Context, StepError, Then};
 use crate::version::{EtcdState, Minor};
-use crate::version_file::{self, VersionFileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -59,6 +60,12 @@ impl Phase {
             Phase::AfterChange => 1,
         }
     }
+
+    /// Where a run on `data_dir` stands: changed once anything took it open for changes
+    /// ([`DataDir::changing`], which every write to it needs).
+    fn of(data_dir: &DataDir) -> Phase {
+        if data_dir.has_changed() { Phase::AfterChange } else { Phase::BeforeAnyChange }
+    }
 }
 
 /// A failed run. There is no conversion from `MigrateError`: a failure is made where its phase is known.
@@ -72,9 +79,32 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// A failure of the read-only commands, which change nothing.
+    /// A failure before the data dir was locked, or of the read-only commands: nothing changed.
     pub fn read_only(error: MigrateError) -> Failure {
         Failure { phase: Phase::BeforeAnyChange, error, aftermath: String::new() }
+    }
+
+    /// The failure `error` ends a run on `data_dir` with. After a change it says what `version.txt` says
+    /// now (read back, not remembered), whether a step is left under way, and where the newest backup is.
+    fn of_run(data_dir: &DataDir, backup: Option<PathBuf>, error: MigrateError) -> Failure {
+        let phase = Phase::of(data_dir);
+        let aftermath = match phase {
+            Phase::BeforeAnyChange => String::new(),
+            Phase::AfterChange => {
+                let said = match version_file::read(data_dir.path()) {
+                    Ok(Some(state)) => format!("version.txt says {state}"),
+                    Ok(None) => "there is no version.txt".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                let unfinished = match journal::read(data_dir.path()) {
+                    Ok(Some(journal)) => format!("; the next run finishes or undoes {}", journal.step),
+                    Ok(None) | Err(_) => String::new(),
+                };
+                let backup = backup.map(|b| format!("; backup at {}", b.display())).unwrap_or_default();
+                format!("; {said}{unfinished}{backup}")
+            }
+        };
+        Failure { phase, error, aftermath }
     }
 
     pub fn exit_code(&self) -> u8 {
@@ -82,69 +112,33 @@ impl Failure {
     }
 }
 
-/// What a run has changed so far: its phase and the newest backup it made.
-struct Progress {
-    phase: Phase,
-    backup: Option<PathBuf>,
-}
-
-impl Progress {
-    /// Marks the run as changing the data dir: called just before each kind of write to it.
-    fn changing(&mut self) {
-        self.phase = Phase::AfterChange;
-    }
-
-    /// The failure `error` ends the run with. After a change it says what `version.txt` says now (read
-    /// back, not remembered), whether a step is left under way, and where the backup is.
-    fn failure(self, data_dir: &Path, error: MigrateError) -> Failure {
-        let aftermath = match self.phase {
-            Phase::BeforeAnyChange => String::new(),
-            Phase::AfterChange => {
-                let said = match version_file::read(data_dir) {
-                    Ok(Some(state)) => format!("version.txt says {state}"),
-                    Ok(None) => "there is no version.txt".to_string(),
-                    Err(e) => e.to_string(),
-                };
-                let unfinished = match journal::read(data_dir) {
-                    Ok(Some(journal)) => format!("; the next run finishes or undoes {}", journal.step),
-                    Ok(None) | Err(_) => String::new(),
-                };
-                let backup = self.backup.map(|b| format!("; backup at {}", b.display())).unwrap_or_default();
-                format!("; {said}{unfinished}{backup}")
-            }
-        };
-        Failure { phase: self.phase, error, aftermath }
-    }
-}
-
 /// Migrates the data dir to the configured target. On success `version.txt` names the target, and the
 /// phase says whether anything had to change (the exit code if exec'ing etcd then fails).
 pub async fn migrate(config: &Config) -> Result<Phase, Failure> {
-    let mut progress = Progress { phase: Phase::BeforeAnyChange, backup: None };
-    match run(config, &mut progress).await {
-        Ok(()) => Ok(progress.phase),
-        Err(error) => Err(progress.failure(&config.data_dir, error)),
-    }
-}
-
-async fn run(config: &Config, progress: &mut Progress) -> Result<(), MigrateError> {
     let target = config.target();
     if let Some(asked) = config.target.map(|t| t.asked).filter(|asked| *asked != target) {
         warn!(asked = %asked, using = %target, "target patch not bundled: using the newest bundled patch of its minor");
     }
-    preflight::check_target_binary(config)?;
-    let data_dir = DataDir::open_locked(&config.data_dir)?;
-    let ctx = Context { config, data_dir: &data_dir };
+    preflight::check_target_binary(config).map_err(|e| Failure::read_only(e.into()))?;
+    let data_dir = DataDir::open_locked(&config.data_dir).map_err(|e| Failure::read_only(e.into()))?;
+    let mut backup = None;
+    match run(config, &data_dir, &mut backup).await {
+        Ok(()) => Ok(Phase::of(&data_dir)),
+        Err(error) => Err(Failure::of_run(&data_dir, backup, error)),
+    }
+}
+
+/// The run on the locked `data_dir`; `backup` is the newest backup it made.
+async fn run(config: &Config, data_dir: &DataDir, backup: &mut Option<PathBuf>) -> Result<(), MigrateError> {
+    let target = config.target();
     if let Some(mut unfinished) = journal::read(data_dir.path())? {
-        progress.changing();
-        resume(&ctx, &mut unfinished).await?;
+        resume(&Context { config, data_dir: data_dir.changing() }, &mut unfinished).await?;
     }
     let facts = data_dir::inspect(data_dir.path())?;
     let current = match data_dir::current(data_dir.path(), &facts, config.assume_current, None)? {
         Current::Fresh => {
             info!(target = %target, "no etcd data yet: starting at the target");
-            progress.changing();
-            version_file::write(data_dir.path(), target)?;
+            version_file::write(data_dir.changing(), target)?;
             return Ok(());
         }
         Current::At(current) => current,
@@ -155,20 +149,19 @@ async fn run(config: &Config, progress: &mut Progress) -> Result<(), MigrateErro
     let plan = match plan_for(config, current, facts.db_minor) {
         // Ahead of the cluster its data last saw: its peers may have moved on since (it was stopped).
         Err(PlanError::AheadOfCluster { .. }) => {
-            plan_for(config, current, facts.db_minor.max(peers_lowest_minor(&ctx).await))?
+            plan_for(config, current, facts.db_minor.max(peers_lowest_minor(config).await))?
         }
         planned => planned?,
     };
     if plan.steps.is_empty() {
         if facts.version_file.is_none() {
-            progress.changing();
-            version_file::write(data_dir.path(), current)?;
+            version_file::write(data_dir.changing(), current)?;
         }
         return Ok(());
     }
     preflight::check(config, &plan)?;
     info!(from = %current, to = %target, steps = plan.steps.len(), "migrating");
-    run_steps(&ctx, &plan, progress).await
+    run_steps(config, data_dir, &plan, backup).await
 }
 
 /// The plan from `current` to the target, with the extra rules for a member of a cluster running at
@@ -185,8 +178,8 @@ pub fn plan_for(config: &Config, current: EtcdState, cluster: Option<Minor>) -> 
 /// The lowest minor the peers run, when every one of them answers: a member whose data last saw an
 /// older cluster (it was stopped while its peers moved on) may catch up to them. Asked only then, so a
 /// member's ordinary start waits for no peer. Says what each peer answered.
-async fn peers_lowest_minor(ctx: &Context<'_>) -> Option<Minor> {
-    let answers = ctx.ask_peers().await;
+async fn peers_lowest_minor(config: &Config) -> Option<Minor> {
+    let answers = cluster::ask_peers_of(config).await;
     let said: Vec<String> = answers
         .0
         .iter()
@@ -209,45 +202,49 @@ async fn resume(ctx: &Context<'_>, unfinished: &mut Journal) -> Result<(), Migra
             .await
             .map_err(|source| MigrateError::Recovery { step, source: Box::new(source) })?;
     if complete && said != Some(step.after()) {
-        record_done(ctx.data_dir.path(), step.after())?;
+        record_done(ctx.data_dir, step.after())?;
     }
     ctx.data_dir.clear_work_dirs()?;
-    journal::clear(ctx.data_dir.path())?;
+    journal::clear(ctx.data_dir)?;
     info!(step = %step, complete, "recovered");
     Ok(())
 }
 
-async fn run_steps(ctx: &Context<'_>, plan: &Plan, progress: &mut Progress) -> Result<(), MigrateError> {
-    let data_dir = ctx.data_dir;
+async fn run_steps(
+    config: &Config,
+    data_dir: &DataDir,
+    plan: &Plan,
+    backup: &mut Option<PathBuf>,
+) -> Result<(), MigrateError> {
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
     for (index, &step) in plan.steps.iter().enumerate() {
         let at = step.before();
-        if index > 0 && ctx.config.is_cluster_member {
+        if index > 0 && config.is_cluster_member {
             // The previous step may have moved the cluster (or not): its data says where it stands now.
             plan::check_step_in_cluster(&step, data_dir::inspect(data_dir.path())?.db_minor)?;
         }
         if plan.backup_before(index) {
             let label = at.to_string().replace('/', "-");
-            let made = backup::create(data_dir.path(), &label, &ctx.config.backup)?;
+            let made = backup::create(data_dir.path(), &label, &config.backup)?;
             info!(path = %made.path.display(), bytes = made.bytes, files = made.files, "backup verified");
-            progress.backup = Some(made.path);
+            *backup = Some(made.path);
         }
-        let mut journal = Journal { step, backup: progress.backup.clone(), rebuilt_inode: None };
-        progress.changing();
-        journal::write(data_dir.path(), &journal)?;
+        let mut journal = Journal { step, backup: backup.clone(), rebuilt_inode: None };
+        let ctx = Context { config, data_dir: data_dir.changing() };
+        journal::write(ctx.data_dir, &journal)?;
         info!(step = index + 1, of = plan.steps.len(), from = %at, to = %step.after(), "{} starting", step.name());
         let started = Instant::now();
         let then = if index + 1 < plan.steps.len() { Then::MoreSteps } else { Then::Done };
         let outcome = tokio::select! {
-            outcome = steps::run(ctx, step, &mut journal, then) => outcome,
+            outcome = steps::run(&ctx, step, &mut journal, then) => outcome,
             _ = terminate.recv() => return Err(MigrateError::Interrupted { signal: "SIGTERM", step }),
             _ = interrupt.recv() => return Err(MigrateError::Interrupted { signal: "SIGINT", step }),
         };
         outcome.map_err(|source| MigrateError::Step { step, source: Box::new(source) })?;
-        record_done(data_dir.path(), step.after())?;
-        journal::clear(data_dir.path())?;
-        data_dir.clear_work_dirs()?;
+        record_done(ctx.data_dir, step.after())?;
+        journal::clear(ctx.data_dir)?;
+        ctx.data_dir.clear_work_dirs()?;
         info!(
             step = index + 1,
             from = %at,
@@ -264,8 +261,8 @@ async fn run_steps(ctx: &Context<'_>, plan: &Plan, progress: &mut Progress) -> R
 /// is durable. etcd syncs what it acknowledges but not the directory entries of the files and
 /// directories it creates (a fresh 3.3.25, 3.4.23 or 3.5.16 member loses them all at a power cut), so a
 /// power cut could otherwise leave version.txt naming a state the data is not in.
-fn record_done(data_dir: &Path, state: EtcdState) -> Result<(), MigrateError> {
-    let member = data_dir::member_dir(data_dir);
+fn record_done(data_dir: Changing<'_>, state: EtcdState) -> Result<(), MigrateError> {
+    let member = data_dir::member_dir(data_dir.path());
     durable::sync_tree(&member).map_err(|source| DataDirError::Io { path: member, source })?;
     Ok(version_file::write(data_dir, state)?)
 }

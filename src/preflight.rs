@@ -1,11 +1,11 @@
 //! Preflight: everything a plan needs is checked before anything changes, so a bad bundle, a read-only
 //! or full disk, or a busy port is a one-line error with the data untouched.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::backup;
+use crate::bundle::Bundle;
 use crate::config::Config;
 use crate::etcd_process::{self, EtcdError};
 use crate::plan::{Plan, Step};
@@ -51,14 +51,14 @@ pub fn check(config: &Config, plan: &Plan) -> Result<(), PreflightError> {
     for url in urls {
         etcd_process::ensure_port_free(url.trim())?;
     }
-    let backup_dir = &config.backup.backup_dir;
-    std::fs::create_dir_all(&backup_dir)
-        .map_err(|e| PreflightError::NotWritable { path: backup_dir.clone(), message: e.to_string() })?;
-    check_writable(&backup_dir)?;
+    // Preflight leaves nothing behind (a refusal exits 2, the data dir as it was): a backup dir not made
+    // yet (`backup::create` makes it) is checked where it will be made.
+    let backup_dir = existing_ancestor(&config.backup.backup_dir);
+    check_writable(backup_dir)?;
     let backups = (0..plan.steps.len()).filter(|&i| plan.backup_before(i)).count() as u64;
     let size = backup::size_of(&config.data_dir)
         .map_err(|e| PreflightError::Size { path: config.data_dir.clone(), message: e.to_string() })?;
-    check_space(&backup_dir, size * backups)?;
+    check_space(backup_dir, size * backups)?;
     // A rebuilding step holds a second copy of the data in the data dir's work area.
     let rebuilds = plan.steps.iter().filter(|s| s.rebuilds()).count().min(1) as u64;
     check_space(&config.data_dir, size * rebuilds)
@@ -69,9 +69,7 @@ pub fn check(config: &Config, plan: &Plan) -> Result<(), PreflightError> {
 pub fn check_target_binary(config: &Config) -> Result<(), PreflightError> {
     let version = config.target().version;
     let path = config.bundle.etcd(version);
-    let executable =
-        std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if executable { Ok(()) } else { Err(PreflightError::MissingBinary { path, version }) }
+    if Bundle::is_executable(&path) { Ok(()) } else { Err(PreflightError::MissingBinary { path, version }) }
 }
 
 /// Runs the binary's version query (which needs no server) and looks for the line naming its version.
@@ -102,6 +100,11 @@ fn check_writable(dir: &Path) -> Result<(), PreflightError> {
     written
         .and(removed)
         .map_err(|e| PreflightError::NotWritable { path: dir.to_path_buf(), message: e.to_string() })
+}
+
+/// `path`, or its nearest ancestor that exists.
+fn existing_ancestor(path: &Path) -> &Path {
+    path.ancestors().find(|dir| dir.exists()).unwrap_or(Path::new("."))
 }
 
 fn check_space(dir: &Path, needed: u64) -> Result<(), PreflightError> {

@@ -7,9 +7,9 @@ mod support;
 use std::fs;
 use std::path::PathBuf;
 
-use etcd_migrate::data_dir::{db_path, journal_path};
+use etcd_migrate::data_dir::{db_path, journal, journal_path};
 use etcd_migrate::version::Version;
-use etcd_migrate::{backup, bbolt, journal};
+use etcd_migrate::{backup, bbolt};
 use support::*;
 
 fn peer_url() -> String {

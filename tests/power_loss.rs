@@ -128,12 +128,12 @@ const CI_POINTS: u64 = 6;
 /// unless a journal says a step is under way, the data is in that state as far as the data dir can tell
 /// without etcd (the rerun and the final check prove the rest).
 fn check_after_cut(scenario: &Scenario, data: &Path, states: &[String], point: u64) {
-    let said = etcd_migrate::version_file::read(data)
+    let said = etcd_migrate::data_dir::version_file::read(data)
         .unwrap_or_else(|e| panic!("{} cut at {point}: {e}", scenario.name))
         .unwrap_or_else(|| panic!("{} cut at {point}: version.txt is gone", scenario.name));
     assert!(states.contains(&said.to_string()), "{} cut at {point}: version.txt says {said}", scenario.name);
-    let journal =
-        etcd_migrate::journal::read(data).unwrap_or_else(|e| panic!("{} cut at {point}: {e}", scenario.name));
+    let journal = etcd_migrate::data_dir::journal::read(data)
+        .unwrap_or_else(|e| panic!("{} cut at {point}: {e}", scenario.name));
     let facts = etcd_migrate::data_dir::inspect(data).unwrap();
     let unfinished = journal.as_ref().map(|j| j.step.after());
     let current = etcd_migrate::data_dir::current(data, &facts, None, unfinished)

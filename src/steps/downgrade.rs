@@ -21,9 +21,9 @@ use super::{Context, StepError, keyspace, logical_copy, swap_in};
 use crate::client::TlsFiles;
 use crate::client::v3::LATEST;
 use crate::config::DowngradeMethod;
+use crate::data_dir::journal::Journal;
 use crate::etcdctl::{Etcdctl, RestoreMember};
 use crate::faults;
-use crate::journal::Journal;
 use crate::version::{EtcdState, Storage, Version};
 
 const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(30 * 60);

@@ -24,12 +24,12 @@ use crate::client::ClientError;
 use crate::client::v3::{self, V3Client};
 use crate::cluster::{self, PeerVersions};
 use crate::config::Config;
-use crate::data_dir::{DataDir, DataDirError};
+use crate::data_dir::journal::{self, Journal, JournalError};
+use crate::data_dir::{Changing, DataDirError};
 use crate::durable;
 use crate::etcd_process::{EtcdError, EtcdProcess, EtcdSpec};
 use crate::etcdctl::EtcdctlError;
 use crate::faults;
-use crate::journal::{self, Journal, JournalError};
 use crate::plan::Step;
 use crate::release;
 use crate::swap;
@@ -64,10 +64,11 @@ const QUORUM_REPORT_EVERY: Duration = Duration::from_secs(5);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 const SETTLE_POLL: Duration = Duration::from_millis(500);
 
-/// What every step needs: the configuration and the locked data dir.
+/// What every step needs: the configuration and the locked data dir, open for changes (so a step
+/// cannot run on a data dir whose run would still exit 2, "nothing changed").
 pub struct Context<'a> {
     pub config: &'a Config,
-    pub data_dir: &'a DataDir,
+    pub data_dir: Changing<'a>,
 }
 
 impl Context<'_> {
@@ -210,7 +211,7 @@ pub fn swap_in(ctx: &Context<'_>, journal: &mut Journal, work: &Path) -> Result<
     // files its etcd wrote (etcd syncs what it acknowledges, not always a new file's directory entry).
     durable::sync_tree(&rebuilt).map_err(io("syncing"))?;
     journal.rebuilt_inode = Some(swap::inode(&rebuilt).map_err(io("reading"))?);
-    journal::write(ctx.data_dir.path(), journal)?;
+    journal::write(ctx.data_dir, journal)?;
     swap::swap_member(ctx.data_dir.path(), work).map_err(io("swapping in"))?;
     info!(data_dir = %ctx.data_dir.path().display(), "rebuilt member swapped in");
     faults::pause("member-swapped-in");

@@ -18,8 +18,8 @@ use super::{Context, StepError, swap_in};
 use crate::client::ClientError;
 use crate::client::v2::V2Client;
 use crate::client::v3::{V3Client, prefix_end};
+use crate::data_dir::journal::Journal;
 use crate::faults;
-use crate::journal::Journal;
 use crate::verify::{KeyDigest, hidden_from_v2};
 use crate::version::{EtcdState, Storage, Version};
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::data_dir::{journal_path, state_dir};
+use super::{Changing, journal_path, state_dir};
 use crate::durable;
 use crate::plan::Step;
 
@@ -46,7 +46,8 @@ pub fn read(data_dir: &Path) -> Result<Option<Journal>, JournalError> {
     }
 }
 
-pub fn write(data_dir: &Path, journal: &Journal) -> Result<(), JournalError> {
+pub fn write(data_dir: Changing<'_>, journal: &Journal) -> Result<(), JournalError> {
+    let data_dir = data_dir.path();
     let path = journal_path(data_dir);
     let bytes = serde_json::to_vec_pretty(journal).expect("a journal serializes");
     // The state dir may be new: its entry in the data dir must survive a power cut, or the journal goes
@@ -57,7 +58,8 @@ pub fn write(data_dir: &Path, journal: &Journal) -> Result<(), JournalError> {
         .map_err(|source| JournalError::Io { action: "write", path, source })
 }
 
-pub fn clear(data_dir: &Path) -> Result<(), JournalError> {
+pub fn clear(data_dir: Changing<'_>) -> Result<(), JournalError> {
+    let data_dir = data_dir.path();
     let path = journal_path(data_dir);
     match fs::remove_file(&path) {
         Ok(()) => durable::sync_dir(&state_dir(data_dir)).map_err(|source| JournalError::Io {
@@ -72,12 +74,14 @@ pub fn clear(data_dir: &Path) -> Result<(), JournalError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::DataDir;
     use super::*;
 
     #[test]
     fn round_trips() {
         let temp = tempfile::tempdir().unwrap();
         let dir = temp.path();
+        let locked = DataDir::open_locked(dir).unwrap();
         assert_eq!(read(dir).unwrap(), None);
         let journal = Journal {
             step: Step::InPlace {
@@ -87,11 +91,11 @@ mod tests {
             backup: Some("/b".into()),
             rebuilt_inode: None,
         };
-        write(dir, &journal).unwrap();
+        write(locked.changing(), &journal).unwrap();
         assert_eq!(read(dir).unwrap(), Some(journal));
         let text = fs::read_to_string(journal_path(dir)).unwrap();
         assert!(text.contains("\"kind\": \"in_place\"") && text.contains("3.4.23/etcd3"), "{text}");
-        clear(dir).unwrap();
+        clear(locked.changing()).unwrap();
         assert_eq!(read(dir).unwrap(), None);
         fs::write(journal_path(dir), "{").unwrap();
         assert!(matches!(read(dir).unwrap_err(), JournalError::Damaged { .. }));

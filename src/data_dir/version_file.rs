@@ -8,6 +8,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::Changing;
 use crate::durable;
 use crate::version::EtcdState;
 
@@ -61,8 +62,8 @@ fn parse_line(text: &str) -> Option<EtcdState> {
 }
 
 /// Replaces the version file atomically and durably.
-pub fn write(data_dir: &Path, state: EtcdState) -> Result<(), VersionFileError> {
-    let target = path(data_dir);
+pub fn write(data_dir: Changing<'_>, state: EtcdState) -> Result<(), VersionFileError> {
+    let target = path(data_dir.path());
     let result = durable::stage(&target, format!("{state}\n").as_bytes()).and_then(|staged| {
         crate::faults::pause("version-file");
         if crate::faults::fail("version-file-write") {
@@ -75,6 +76,7 @@ pub fn write(data_dir: &Path, state: EtcdState) -> Result<(), VersionFileError> 
 
 #[cfg(test)]
 mod tests {
+    use super::super::DataDir;
     use super::*;
 
     #[test]
@@ -83,7 +85,7 @@ mod tests {
         let dir = temp.path();
         assert_eq!(read(dir).unwrap(), None);
         let state: EtcdState = "3.4.23/etcd3".parse().unwrap();
-        write(dir, state).unwrap();
+        write(DataDir::open_locked(dir).unwrap().changing(), state).unwrap();
         assert_eq!(read(dir).unwrap(), Some(state));
         assert_eq!(fs::read_to_string(path(dir)).unwrap(), "3.4.23/etcd3\n");
         assert!(!dir.join(".version.txt.tmp").exists());

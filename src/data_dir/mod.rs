@@ -6,14 +6,19 @@
 //! dir keeps them on the same file system as `member/`, so swapping a rebuilt member in is one atomic
 //! rename, and a crash can never leave a data dir that looks fresh while a step is unfinished.
 
+use std::cell::Cell;
 use std::fs::{self, File, TryLockError};
 use std::io;
+use std::ops::Deref;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::bbolt;
 use crate::version::{EtcdState, Minor, Storage, Version};
-use crate::version_file::{self, VersionFileError};
+pub mod journal;
+pub mod version_file;
+
+use version_file::VersionFileError;
 
 pub const STATE_DIR: &str = ".etcd-migrate";
 const MEMBER_DIR: &str = "member";
@@ -62,6 +67,8 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> DataDirError + '_ {
 pub struct DataDir {
     path: PathBuf,
     _lock: File,
+    /// Whether [`DataDir::changing`] was called: what a failed run's exit code says (2 if not, 1 if so).
+    changed: Cell<bool>,
 }
 
 impl DataDir {
@@ -71,7 +78,7 @@ impl DataDir {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(io_error(path))?;
         let lock = File::open(path).map_err(io_error(path))?;
         match lock.try_lock() {
-            Ok(()) => Ok(DataDir { path: path.to_path_buf(), _lock: lock }),
+            Ok(()) => Ok(DataDir { path: path.to_path_buf(), _lock: lock, changed: Cell::new(false) }),
             Err(TryLockError::WouldBlock) => Err(DataDirError::Locked { path: path.to_path_buf() }),
             Err(TryLockError::Error(source)) => Err(DataDirError::Io { path: path.to_path_buf(), source }),
         }
@@ -81,11 +88,41 @@ impl DataDir {
         &self.path
     }
 
+    /// The data dir, open for changes. From the first call on this run has changed something (a failure
+    /// exits 1, not 2), whether or not the change it is called for then happens: every write to the data
+    /// dir (`version.txt`, the journal, work dirs, a step) takes what this returns.
+    pub fn changing(&self) -> Changing<'_> {
+        self.changed.set(true);
+        Changing { data_dir: self }
+    }
+
+    /// Whether [`DataDir::changing`] was called.
+    pub fn has_changed(&self) -> bool {
+        self.changed.get()
+    }
+
     /// The work dir named `name` (a step's name, or `restore`), which may not exist.
     pub fn work_dir(&self, name: &str) -> PathBuf {
         state_dir(&self.path).join(WORK_DIR).join(name)
     }
+}
 
+/// The locked data dir, open for changes: made only by [`DataDir::changing`], which records that the
+/// run has begun to change it, so that no write can happen on a run that would still exit 2.
+#[derive(Debug, Clone, Copy)]
+pub struct Changing<'a> {
+    data_dir: &'a DataDir,
+}
+
+impl Deref for Changing<'_> {
+    type Target = DataDir;
+
+    fn deref(&self) -> &DataDir {
+        self.data_dir
+    }
+}
+
+impl Changing<'_> {
     /// A fresh, empty work dir for a rebuilding step, inside the state dir.
     pub fn fresh_work_dir(&self, name: &str) -> Result<PathBuf, DataDirError> {
         let dir = self.work_dir(name);
