@@ -44,14 +44,13 @@ pub async fn run(ctx: &Context<'_>, at: Version, journal: &mut Journal) -> Resul
     let data_dir = ctx.data_dir.path();
     let prefix = ctx.config.data_prefix.trim_end_matches('/').to_string();
     let work = ctx.data_dir.fresh_work_dir(journal.step.name())?;
-    let io = |context: &str| {
-        let context = format!("{context} in {}", work.display());
-        move |source| StepError::Io { context, source }
-    };
+    let work_path = work.as_path();
+    let io =
+        |action: &'static str| move |source| StepError::Io { action, path: work_path.to_path_buf(), source };
 
     let etcd = ctx.start_healthy(at, Storage::Etcd2, data_dir).await?;
     let with_values = !release::capabilities(at).put_ignore_value;
-    let mut expiring = expiring::Writer::create(&work, with_values).map_err(io("noting expiring keys"))?;
+    let mut expiring = expiring::Writer::create(&work, with_values).map_err(io("noting expiring keys in"))?;
     let mut source = KeyDigest::new();
     let mut splits = Vec::new();
     let mut written = Ok(());
@@ -78,8 +77,8 @@ pub async fn run(ctx: &Context<'_>, at: Version, journal: &mut Journal) -> Resul
         })
         .await?;
     drop(progress);
-    written.map_err(io("noting expiring keys"))?;
-    let expiring = expiring.finish().map_err(io("noting expiring keys"))?;
+    written.map_err(io("noting expiring keys in"))?;
+    let expiring = expiring.finish().map_err(io("noting expiring keys in"))?;
     let source = source.finish();
     info!(keys = source.count, digest = %source.digest, expiring = expiring.len(), "read the v2 data");
     faults::pause_async("v2-data-read").await;
@@ -147,11 +146,7 @@ async fn expired_keys_gone(
 /// A conversion that died: restore the backup taken just before it, so the step starts over on the
 /// untouched v2 data.
 pub async fn recover(ctx: &Context<'_>, journal: &mut Journal) -> Result<bool, StepError> {
-    let backup = journal.backup.as_ref().ok_or_else(|| {
-        StepError::Failed(
-            "an unfinished etcd2 conversion has no backup recorded: restore the data dir by hand".into(),
-        )
-    })?;
+    let backup = journal.backup.as_ref().ok_or(StepError::ConversionWithoutBackup)?;
     backup::restore(backup, ctx.data_dir)?;
     info!(backup = %backup.display(), "restored the data from before the unfinished conversion");
     Ok(false)

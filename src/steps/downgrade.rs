@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::{Context, StepError, keyspace, logical_copy, swap_in};
+use super::{Context, Proof, StepError, keyspace, logical_copy, swap_in};
 use crate::client::TlsFiles;
 use crate::client::v3::LATEST;
 use crate::config::DowngradeMethod;
@@ -81,7 +81,7 @@ async fn by_snapshot(
         skip_hash_check: false,
     };
     if faults::fail("snapshot-restore") {
-        return Err(StepError::Failed("snapshot restore failed (fault injected)".into()));
+        return Err(StepError::FaultInjected { point: "snapshot-restore" });
     }
     Etcdctl::new(config.bundle.etcdctl(to.version), to.version)
         .snapshot_restore(&snapshot, &restored, &member, ETCDCTL_TIMEOUT)
@@ -93,10 +93,17 @@ async fn by_snapshot(
     let (after, _) = keyspace(&etcd, read_at).await?;
     ctx.stop(etcd).await?;
     if after != before {
-        return Err(StepError::Failed(format!("the restored data differs: before {before}, after {after}")));
+        return Err(StepError::Differs {
+            proof: Proof::SnapshotRestore,
+            before: before.into(),
+            after: after.into(),
+        });
     }
     info!(keys = after.keys.count, "etcd {} serves the same keys and leases", to.version);
-    std::fs::remove_file(&snapshot)
-        .map_err(|source| StepError::Io { context: snapshot.display().to_string(), source })?;
+    std::fs::remove_file(&snapshot).map_err(|source| StepError::Io {
+        action: "removing",
+        path: snapshot.clone(),
+        source,
+    })?;
     Ok(restored)
 }

@@ -55,7 +55,7 @@ impl Dump {
         path: &Path,
         mut visit: impl FnMut(&KeyValue) -> Result<(), StepError>,
     ) -> Result<Dump, StepError> {
-        let mut out = BufWriter::new(File::create(path).map_err(io_error(path))?);
+        let mut out = BufWriter::new(File::create(path).map_err(io_error("writing", path))?);
         let mut ttls: HashMap<i64, i64> = HashMap::new();
         let read_at = Instant::now();
         let progress = Progress::start("dumping keys", Unit::Keys, None);
@@ -76,23 +76,26 @@ impl Dump {
                         }),
                     };
                     let record = Record { key: kv.key, value: kv.value, lease: kv.lease, ttl };
-                    serde_json::to_writer(&mut out, &record).map_err(|e| StepError::Failed(e.to_string()))?;
-                    out.write_all(b"\n").map_err(io_error(path))?;
+                    // Serializing a record fails only on writing it.
+                    serde_json::to_writer(&mut out, &record)
+                        .map_err(std::io::Error::from)
+                        .map_err(io_error("writing", path))?;
+                    out.write_all(b"\n").map_err(io_error("writing", path))?;
                 }
                 Ok::<(), StepError>(())
             })
             .await?;
-        out.flush().map_err(io_error(path))?;
+        out.flush().map_err(io_error("writing", path))?;
         Ok(Dump { path: path.to_path_buf(), read_at })
     }
 
     /// The records, in key order.
     pub fn records(&self) -> Result<impl Iterator<Item = Result<Record, StepError>> + use<'_>, StepError> {
-        let file = File::open(&self.path).map_err(io_error(&self.path))?;
+        let file = File::open(&self.path).map_err(io_error("reading", &self.path))?;
         Ok(BufReader::new(file).lines().map(|line| {
-            let line = line.map_err(io_error(&self.path))?;
+            let line = line.map_err(io_error("reading", &self.path))?;
             serde_json::from_str(&line)
-                .map_err(|e| StepError::Failed(format!("{}: {e}", self.path.display())))
+                .map_err(|source| StepError::DumpRecord { path: self.path.clone(), source })
         }))
     }
 
@@ -115,12 +118,12 @@ impl Dump {
     }
 
     pub fn remove(self) -> Result<(), StepError> {
-        std::fs::remove_file(&self.path).map_err(io_error(&self.path))
+        std::fs::remove_file(&self.path).map_err(io_error("removing", &self.path))
     }
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StepError + '_ {
-    move |source| StepError::Io { context: path.display().to_string(), source }
+fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StepError + 'a {
+    move |source| StepError::Io { action, path: path.to_path_buf(), source }
 }
 
 #[cfg(test)]

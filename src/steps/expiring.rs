@@ -97,14 +97,15 @@ impl ExpiringKeys {
 
     /// Every key, in the order written.
     pub fn read(&self) -> Result<impl Iterator<Item = Result<ExpiringKey, StepError>> + use<>, StepError> {
-        let mut file = BufReader::with_capacity(BUFFER, File::open(&self.path).map_err(read_error)?);
-        let with_values = self.with_values;
-        Ok((0..self.count).map(move |_| read_one(&mut file, with_values).map_err(read_error)))
+        let mut file =
+            BufReader::with_capacity(BUFFER, File::open(&self.path).map_err(read_error(&self.path))?);
+        let (path, with_values) = (self.path.clone(), self.with_values);
+        Ok((0..self.count).map(move |_| read_one(&mut file, with_values).map_err(read_error(&path))))
     }
 }
 
-fn read_error(source: io::Error) -> StepError {
-    StepError::Io { context: "reading the expiring keys".into(), source }
+fn read_error(path: &Path) -> impl FnOnce(io::Error) -> StepError + '_ {
+    move |source| StepError::Io { action: "reading", path: path.to_path_buf(), source }
 }
 
 fn read_one(file: &mut impl Read, with_values: bool) -> io::Result<ExpiringKey> {

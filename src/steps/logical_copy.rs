@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::dump::Dump;
 use super::in_flight::InFlight;
-use super::{Context, StepError};
+use super::{Context, Proof, StepError};
 use crate::client::v3::{LATEST, Op, V3Client, max_txn_ops};
 use crate::faults;
 use crate::progress::{Progress, Unit};
@@ -59,7 +59,11 @@ pub async fn rebuild(
     after.add_all(&expired);
     let after = after.finish();
     if after != before {
-        return Err(StepError::Failed(format!("the logical copy differs: before {before}, after {after}")));
+        return Err(StepError::Differs {
+            proof: Proof::LogicalCopy,
+            before: before.into(),
+            after: after.into(),
+        });
     }
     info!(
         keys = after.keys.count,

@@ -14,12 +14,14 @@ mod rollback;
 mod seal_v2;
 mod v2_snapshot;
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use crate::backup::BackupError;
+use crate::bbolt::BboltError;
 use crate::client::ClientError;
 use crate::client::v3::{self, V3Client};
 use crate::cluster::{self, PeerVersions};
@@ -28,13 +30,14 @@ use crate::data_dir::journal::{self, Journal, JournalError};
 use crate::data_dir::{Changing, DataDirError};
 use crate::durable;
 use crate::etcd_process::{EtcdError, EtcdProcess, EtcdSpec};
-use crate::etcdctl::EtcdctlError;
+use crate::etcdctl::{DowngradeInfo, EtcdctlError};
 use crate::faults;
 use crate::plan::Step;
 use crate::release;
 use crate::swap;
 use crate::verify::{self, Contents, Summary};
-use crate::version::{Storage, Version};
+use crate::version::{Minor, Storage, Version};
+use crate::wal::WalError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
@@ -52,10 +55,74 @@ pub enum StepError {
     Backup(#[from] BackupError),
     #[error("keys were lost or changed: before {before}, after {after}")]
     Lost { before: Summary, after: Summary },
-    #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
-    #[error("{0}")]
-    Failed(String),
+    #[error("{proof} differs: before {before}, after {after}")]
+    Differs { proof: Proof, before: Box<Contents>, after: Box<Contents> },
+    #[error("{action} {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("reading a record of {path}: {source}")]
+    DumpRecord { path: PathBuf, source: serde_json::Error },
+    #[error("{what} {key:?} is not UTF-8 text (protobuf?): the v2 API stores text only; nothing was changed")]
+    NotText { what: &'static str, key: String },
+    #[error("a v2 write did not finish: {0}")]
+    V2Write(#[source] tokio::task::JoinError),
+    #[error(
+        "etcd wrote no v2 snapshot at raft index {index} or later within {timeout:?} (newest: {newest:?})"
+    )]
+    NoFreshSnapshot { index: i64, timeout: Duration, newest: Option<i64> },
+    #[error("checking the WAL for v2 requests: {0}")]
+    Wal(#[from] WalError),
+    #[error(
+        "the WAL still holds {count} v2 requests past the snapshot at raft index {snapshot} (the first at {first}), \
+         which etcd 3.7 cannot replay: rerun to seal again; the data stays at {version}"
+    )]
+    V2RequestsInWal { count: usize, snapshot: u64, first: u64, version: Version },
+    #[error(
+        "the v2 store holds keys written through the v2 API ({stderr}), which etcd 3.6 refuses: convert them to v3 \
+         or delete them with etcd {version} --enable-v2, then rerun; the data stays at {version}"
+    )]
+    V2KeysInStore { stderr: String, version: Version },
+    #[error(
+        "the WAL holds v2 requests past the v2 snapshot this step forced ({stderr}), which etcd 3.6 would refuse \
+         to replay: rerun to seal again; the data stays at {version}"
+    )]
+    V2RequestsPastSnapshot { stderr: String, version: Version },
+    #[error("the cluster version stayed at {stayed_at}")]
+    ClusterVersionUnsettled { stayed_at: String },
+    #[error("etcd {etcd} dropped the downgrade to {target} (its downgrade job: {job:?})")]
+    DowngradeDropped { etcd: Version, target: Minor, job: DowngradeInfo },
+    #[error(
+        "etcd {etcd} did not lower its cluster and storage versions to {lowered} within {timeout:?} \
+         (still {cluster} and {storage})"
+    )]
+    VersionsNotLowered { etcd: Version, lowered: String, timeout: Duration, cluster: String, storage: String },
+    #[error("etcd {etcd} did not end the downgrade job within {timeout:?}")]
+    DowngradeJobNotEnded { etcd: Version, timeout: Duration },
+    #[error("the downgrade job to {job} is still enabled after etcd stopped")]
+    DowngradeJobLeftEnabled { job: Version },
+    #[error("reading the downgrade job: {0}")]
+    DowngradeJobUnreadable(#[source] BboltError),
+    #[error("an unfinished etcd2 conversion has no backup recorded: restore the data dir by hand")]
+    ConversionWithoutBackup,
+    #[error("{point} failed (fault injected)")]
+    FaultInjected { point: &'static str },
+}
+
+/// Which copy of the keyspace a [`StepError::Differs`] proof compared with its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    SnapshotRestore,
+    LogicalCopy,
+    OnlineDowngrade,
+}
+
+impl fmt::Display for Proof {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proof::SnapshotRestore => "the restored data",
+            Proof::LogicalCopy => "the logical copy",
+            Proof::OnlineDowngrade => "the downgraded data",
+        })
+    }
 }
 
 /// How often a member without quorum says which peers it waits for.
@@ -172,7 +239,7 @@ impl Context<'_> {
             }
             Ok(Err(cluster))
         };
-        let timed_out = |cluster| StepError::Failed(format!("the cluster version stayed at {cluster}"));
+        let timed_out = |stayed_at| StepError::ClusterVersionUnsettled { stayed_at };
         match wait_until(SETTLE_TIMEOUT, SETTLE_POLL, check, timed_out).await {
             Ok(()) => {}
             Err(e) => warn!("the cluster version did not settle within {SETTLE_TIMEOUT:?}: {e}"),
@@ -203,9 +270,9 @@ async fn keyspace(etcd: &EtcdProcess, revision: i64) -> Result<(Contents, i64), 
 /// goes into the journal first, so a run that dies mid-swap can tell which member is live.
 pub fn swap_in(ctx: &Context<'_>, journal: &mut Journal, work: &Path) -> Result<(), StepError> {
     let rebuilt = work.join("member");
-    let io = |context: &str| {
-        let context = format!("{context} {}", rebuilt.display());
-        move |source| StepError::Io { context, source }
+    let rebuilt_path = rebuilt.as_path();
+    let io = |action: &'static str| {
+        move |source| StepError::Io { action, path: rebuilt_path.to_path_buf(), source }
     };
     // Durable before it is recorded and swapped in: a power cut must not leave a live member missing
     // files its etcd wrote (etcd syncs what it acknowledges, not always a new file's directory entry).
@@ -279,10 +346,38 @@ pub async fn recover(ctx: &Context<'_>, journal: &mut Journal) -> Result<bool, S
 fn recover_swap(ctx: &Context<'_>, journal: &Journal) -> Result<bool, StepError> {
     let work = ctx.data_dir.work_dir(journal.step.name());
     let swapped = match journal.rebuilt_inode {
-        Some(inode) => swap::swapped_in(ctx.data_dir.path(), &work, inode).map_err(|source| {
-            StepError::Io { context: format!("checking the swap in {}", work.display()), source }
-        })?,
+        Some(inode) => swap::swapped_in(ctx.data_dir.path(), &work, inode)
+            .map_err(|source| StepError::Io { action: "checking the swap in", path: work.clone(), source })?,
         None => false,
     };
     Ok(swapped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::KeyDigest;
+
+    #[test]
+    fn a_failed_proof_says_which_copy_differs_and_an_io_error_which_path() {
+        let summary = |keys: &[&[u8]]| {
+            let mut digest = KeyDigest::new();
+            keys.iter().for_each(|key| digest.add(key, b"v"));
+            digest.finish()
+        };
+        let contents =
+            |keys: &[&[u8]]| Box::new(Contents { keys: summary(keys), lease_groups: summary(&[]) });
+        let differs = StepError::Differs {
+            proof: Proof::LogicalCopy,
+            before: contents(&[b"a", b"b"]),
+            after: contents(&[b"a"]),
+        };
+        let message = differs.to_string();
+        assert!(message.starts_with("the logical copy differs: before 2 keys, digest "), "{message}");
+        assert!(message.contains(", after 1 keys, digest "), "{message}");
+
+        let source = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let io = StepError::Io { action: "removing", path: "/data/work/keys.jsonl".into(), source };
+        assert!(io.to_string().starts_with("removing /data/work/keys.jsonl: "), "{io}");
+    }
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tracing::info;
 
-use super::{Context, StepError, keyspace, wait_until};
+use super::{Context, Proof, StepError, keyspace, wait_until};
 use crate::bbolt;
 use crate::client::TlsFiles;
 use crate::client::v3::{self, LATEST};
@@ -70,16 +70,16 @@ pub async fn run(
     }
     let (after, _) = keyspace(&etcd, read_at).await?;
     ctx.stop(etcd).await?;
-    let job = bbolt::downgrade_target(&data_dir::db_path(data)).map_err(unreadable)?;
+    let job = bbolt::downgrade_target(&data_dir::db_path(data)).map_err(StepError::DowngradeJobUnreadable)?;
     if let Some(job) = job.filter(|_| peers_newer.is_empty()) {
-        return Err(StepError::Failed(format!(
-            "the downgrade job to {job} is still enabled after etcd stopped"
-        )));
+        return Err(StepError::DowngradeJobLeftEnabled { job });
     }
     if after != before {
-        return Err(StepError::Failed(format!(
-            "the downgraded data differs: before {before}, after {after}"
-        )));
+        return Err(StepError::Differs {
+            proof: Proof::OnlineDowngrade,
+            before: before.into(),
+            after: after.into(),
+        });
     }
     info!(keys = after.keys.count, "etcd {} opens the data with the same keys and leases", to.version);
     Ok(())
@@ -118,17 +118,16 @@ async fn lower_storage_version(
             return Ok(Ok(()));
         }
         if !downgrading_to(&status, &lowered) && !cluster_lowered {
-            return Err(StepError::Failed(format!(
-                "etcd {source} dropped the downgrade to {target} (its downgrade job: {:?})",
-                status.downgrade
-            )));
+            return Err(StepError::DowngradeDropped { etcd: source, target, job: status.downgrade });
         }
         Ok(Err((cluster, status.storage_version)))
     };
-    let timed_out = |(cluster, storage)| {
-        StepError::Failed(format!(
-            "etcd {source} did not lower its cluster and storage versions to {lowered} within {DOWNGRADE_TIMEOUT:?} (still {cluster} and {storage})"
-        ))
+    let timed_out = |(cluster, storage)| StepError::VersionsNotLowered {
+        etcd: source,
+        lowered: lowered.clone(),
+        timeout: DOWNGRADE_TIMEOUT,
+        cluster,
+        storage,
     };
     wait_until(DOWNGRADE_TIMEOUT, POLL, check, timed_out).await
 }
@@ -143,14 +142,6 @@ fn downgrading_to(status: &StorageStatus, lowered: &str) -> bool {
 async fn wait_for_downgrade_job_end(etcd: &EtcdProcess, version: Version) -> Result<(), StepError> {
     let db = data_dir::db_path(&etcd.spec().data_dir);
     let check = async || Ok(if let Ok(None) = bbolt::downgrade_target(&db) { Ok(()) } else { Err(()) });
-    let timed_out = |()| {
-        StepError::Failed(format!(
-            "etcd {version} did not end the downgrade job within {DOWNGRADE_TIMEOUT:?}"
-        ))
-    };
+    let timed_out = |()| StepError::DowngradeJobNotEnded { etcd: version, timeout: DOWNGRADE_TIMEOUT };
     wait_until(DOWNGRADE_TIMEOUT, POLL, check, timed_out).await
-}
-
-fn unreadable(error: bbolt::BboltError) -> StepError {
-    StepError::Failed(error.to_string())
 }

@@ -43,10 +43,7 @@ pub async fn run(
     let dump = Dump::write(&client, start, &prefix_end(start), &work.join("keys.jsonl"), |kv| {
         for (bytes, what) in [(&kv.key, "key"), (&kv.value, "the value of")] {
             if std::str::from_utf8(bytes).is_err() {
-                return Err(StepError::Failed(format!(
-                    "{what} {:?} is not UTF-8 text (protobuf?): the v2 API stores text only; nothing was changed",
-                    String::from_utf8_lossy(&kv.key)
-                )));
+                return Err(not_text(what, &kv.key));
             }
         }
         if !hidden_from_v2(&kv.key[prefix.len()..]) {
@@ -96,7 +93,8 @@ async fn import(v2: &V2Client, dump: &Dump) -> Result<(), StepError> {
             Some(ttl) if dump.expired(ttl, Instant::now()) => continue,
             ttl => ttl.map(|ttl| dump.ttl_left(ttl)),
         };
-        let (key, value) = (text(record.key)?, text(record.value)?);
+        let key = String::from_utf8(record.key).map_err(|e| not_text("key", e.as_bytes()))?;
+        let value = String::from_utf8(record.value).map_err(|_| not_text("the value of", key.as_bytes()))?;
         let v2 = v2.clone();
         writes.add(async move { v2.set(&key, &value, ttl).await }).await?;
     }
@@ -118,7 +116,7 @@ async fn remove_expired(v2: &V2Client, dump: &Dump, prefix: &str) -> Result<KeyD
         if !hidden_from_v2(&record.key[prefix.len()..]) {
             expired.add(&record.key, &record.value);
         }
-        let key = text(record.key)?;
+        let key = String::from_utf8(record.key).map_err(|e| not_text("key", e.as_bytes()))?;
         let v2 = v2.clone();
         writes.add(async move { v2.delete(&key).await }).await?;
     }
@@ -126,8 +124,9 @@ async fn remove_expired(v2: &V2Client, dump: &Dump, prefix: &str) -> Result<KeyD
     Ok(expired)
 }
 
-fn text(bytes: Vec<u8>) -> Result<String, StepError> {
-    String::from_utf8(bytes).map_err(|e| StepError::Failed(e.to_string()))
+/// `what` (the key, or its value) of `key` is not text.
+fn not_text(what: &'static str, key: &[u8]) -> StepError {
+    StepError::NotText { what, key: String::from_utf8_lossy(key).into_owned() }
 }
 
 /// v2 requests on their way, at most [`CONCURRENT_WRITES`] at once.
@@ -155,7 +154,7 @@ impl Writes {
 
     async fn complete_one(&mut self) -> Result<(), StepError> {
         match self.0.join_next().await {
-            Some(done) => Ok(done.map_err(|e| StepError::Failed(e.to_string()))??),
+            Some(done) => Ok(done.map_err(StepError::V2Write)??),
             None => Ok(()),
         }
     }

@@ -47,14 +47,14 @@ pub async fn run(ctx: &Context<'_>, to: EtcdState) -> Result<(), StepError> {
 /// The seal before 3.7: no entry etcd would replay past the snapshot just forced carries a v2 request.
 fn check_wal(version: Version, data_dir: &Path) -> Result<(), StepError> {
     let member = data_dir::member_dir(data_dir);
-    let replay = wal::replay(&member).map_err(|e| StepError::Failed(e.to_string()))?;
-    if let Some(first) = replay.v2_requests.first() {
-        return Err(StepError::Failed(format!(
-            "the WAL still holds {} v2 requests past the snapshot at raft index {} (the first at {first}), which \
-             etcd 3.7 cannot replay: rerun to seal again; the data stays at {version}",
-            replay.v2_requests.len(),
-            replay.snapshot
-        )));
+    let replay = wal::replay(&member)?;
+    if let Some(&first) = replay.v2_requests.first() {
+        return Err(StepError::V2RequestsInWal {
+            count: replay.v2_requests.len(),
+            snapshot: replay.snapshot,
+            first,
+            version,
+        });
     }
     info!(
         snapshot = replay.snapshot,
@@ -78,16 +78,10 @@ async fn check_v2store(ctx: &Context<'_>, version: Version, data_dir: &Path) -> 
             Ok(())
         }
         Err(EtcdctlError::Failed { stderr, .. }) if holds_v2_keys(&stderr) => {
-            Err(StepError::Failed(format!(
-                "the v2 store holds keys written through the v2 API ({stderr}), which etcd 3.6 refuses: convert them \
-             to v3 or delete them with etcd {version} --enable-v2, then rerun; the data stays at {version}"
-            )))
+            Err(StepError::V2KeysInStore { stderr, version })
         }
         Err(EtcdctlError::Failed { stderr, .. }) if stderr.contains("custom v2 content in WAL records") => {
-            Err(StepError::Failed(format!(
-                "the WAL holds v2 requests past the v2 snapshot this step forced ({stderr}), which etcd 3.6 would \
-             refuse to replay: rerun to seal again; the data stays at {version}"
-            )))
+            Err(StepError::V2RequestsPastSnapshot { stderr, version })
         }
         Err(e) => Err(e.into()),
     }

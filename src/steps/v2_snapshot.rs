@@ -59,15 +59,14 @@ async fn raft_index_once_capable(v3: &V3Client, timeout: Duration) -> Result<i64
 /// Waits until `snap_dir` holds a v2 snapshot (`<term>-<index>.snap`, hex) at `index` or later.
 async fn wait_for_snapshot(snap_dir: &Path, index: i64, timeout: Duration) -> Result<i64, StepError> {
     let check = async || {
-        let newest = newest_snapshot(snap_dir)
-            .map_err(|source| StepError::Io { context: format!("listing {}", snap_dir.display()), source })?;
+        let newest = newest_snapshot(snap_dir).map_err(|source| StepError::Io {
+            action: "listing",
+            path: snap_dir.to_path_buf(),
+            source,
+        })?;
         Ok(newest.filter(|&newest| newest >= index).ok_or(newest))
     };
-    let timed_out = |newest| {
-        StepError::Failed(format!(
-            "etcd wrote no v2 snapshot at raft index {index} or later within {timeout:?} (newest: {newest:?})"
-        ))
-    };
+    let timed_out = |newest| StepError::NoFreshSnapshot { index, timeout, newest };
     wait_until(timeout, POLL, check, timed_out).await
 }
 
