@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValue, RangedU64ValueParser};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+use crate::etcd_flags;
 use crate::release::Tool;
 use crate::version::{EtcdState, Storage, Version};
 
@@ -163,7 +164,11 @@ pub struct Args {
 
     /// Extra flags for the hidden etcd, e.g. TLS, split at whitespace
     #[arg(long, env = "ETCD_CREDS", value_name = "FLAGS", allow_hyphen_values = true)]
-    pub etcd_server_extra_args: Option<String>,
+    pub etcd_server_extra_args: Option<OsString>,
+
+    /// One more flag for the hidden etcd, kept whole (a path may hold spaces); repeatable
+    #[arg(long = "etcd-server-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    pub etcd_server_args: Vec<OsString>,
 
     /// How the API server stores objects
     #[arg(long, env = "STORAGE_MEDIA_TYPE", value_name = "TYPE", default_value = DEFAULT_MEDIA_TYPE)]
@@ -285,7 +290,8 @@ pub struct Config {
     pub initial_cluster: String,
     pub data_prefix: String,
     pub ttl_keys_directory: String,
-    pub extra_args: Vec<String>,
+    /// The hidden etcd's own flags (`ETCD_CREDS`, then each `--etcd-server-arg`).
+    pub extra_args: Vec<OsString>,
     pub storage_media_type: String,
     pub log_format: Format,
     pub output: Format,
@@ -342,11 +348,9 @@ pub fn resolve(args: Args, env: impl Fn(&str) -> Option<String>) -> Result<Confi
         initial_cluster: args.initial_cluster.unwrap_or_else(|| format!("{name}={peer_url}")),
         ttl_keys_directory: args.ttl_keys_directory.unwrap_or_else(|| format!("{}/events", args.data_prefix)),
         data_prefix: args.data_prefix,
-        extra_args: args
-            .etcd_server_extra_args
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(String::from)
+        extra_args: etcd_flags::split_at_whitespace(&args.etcd_server_extra_args.unwrap_or_default())
+            .into_iter()
+            .chain(args.etcd_server_args)
             .collect(),
         storage_media_type: args.storage_media_type,
         log_format: args.log_format,
@@ -638,6 +642,7 @@ mod tests {
                 "m1",
                 "--etcd-server-extra-args",
                 "--cert-file=/c --key-file /k",
+                "--etcd-server-arg=--peer-cert-file=/a b",
                 "--migrate-only",
                 "--downgrade-method=logical",
                 "--",
@@ -648,7 +653,7 @@ mod tests {
             assert_eq!(config.data_dir, PathBuf::from("/d/events"));
             assert_eq!(config.target().version, Version::new(3, 4, 23));
             assert_eq!(config.name, "m1");
-            assert_eq!(config.extra_args, ["--cert-file=/c", "--key-file", "/k"]);
+            assert_eq!(config.extra_args, ["--cert-file=/c", "--key-file", "/k", "--peer-cert-file=/a b"]);
             assert!(config.migrate_only);
             assert_eq!(config.downgrade_method, DowngradeMethod::Logical);
             assert_eq!(config.listen_client_urls, "http://127.0.0.1:18631");
