@@ -295,9 +295,15 @@ fn reaped_within(child: &mut Child, limit: Duration) -> bool {
     }
 }
 
+/// Reads etcd's output to its end. Lines are bytes: etcd logs its flags' values, which need not be UTF-8,
+/// and a reader that stopped there would close the pipe and kill etcd with SIGPIPE.
 async fn keep_lines(stream: impl AsyncRead + Unpin, log: Arc<Mutex<VecDeque<String>>>) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut reader = BufReader::new(stream);
+    let mut bytes = Vec::new();
+    while reader.read_until(b'\n', &mut bytes).await.is_ok_and(|read| read > 0) {
+        let line = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned();
+        bytes.clear();
         debug!(target: "etcd", "{line}");
         if let Ok(mut log) = log.lock() {
             if log.len() == LOG_LINES_KEPT {
