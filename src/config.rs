@@ -17,6 +17,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::backup::{self, BackupPolicy};
 use crate::bundle::{Bundle, BundleError};
+use crate::etcd_flags;
 use crate::version::{EtcdState, Storage, Version};
 
 const DEFAULT_MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
@@ -170,7 +171,11 @@ pub struct Args {
 
     /// Extra flags for the hidden etcd, e.g. TLS, split at whitespace
     #[arg(long, env = "ETCD_CREDS", value_name = "FLAGS", allow_hyphen_values = true)]
-    pub etcd_server_extra_args: Option<String>,
+    pub etcd_server_extra_args: Option<OsString>,
+
+    /// One more flag for the hidden etcd, kept whole (a path may hold spaces); repeatable
+    #[arg(long = "etcd-server-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    pub etcd_server_args: Vec<OsString>,
 
     /// How the API server stores objects
     #[arg(long, env = "STORAGE_MEDIA_TYPE", value_name = "TYPE", default_value = DEFAULT_MEDIA_TYPE)]
@@ -294,7 +299,8 @@ pub struct Config {
     pub is_cluster_member: bool,
     pub data_prefix: String,
     pub ttl_keys_directory: String,
-    pub extra_args: Vec<String>,
+    /// The hidden etcd's own flags (`ETCD_CREDS`, then each `--etcd-server-arg`).
+    pub extra_args: Vec<OsString>,
     pub storage_media_type: String,
     pub log_format: Format,
     pub output: Format,
@@ -376,11 +382,9 @@ pub fn resolve(args: Args, env: impl Fn(&str) -> Option<String>) -> Result<Confi
         initial_advertise_peer_urls: args.initial_advertise_peer_urls.unwrap_or_else(|| peer_url.clone()),
         ttl_keys_directory: args.ttl_keys_directory.unwrap_or_else(|| format!("{}/events", args.data_prefix)),
         data_prefix: args.data_prefix,
-        extra_args: args
-            .etcd_server_extra_args
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(String::from)
+        extra_args: etcd_flags::split_at_whitespace(&args.etcd_server_extra_args.unwrap_or_default())
+            .into_iter()
+            .chain(args.etcd_server_args)
             .collect(),
         storage_media_type: args.storage_media_type,
         log_format: args.log_format,
@@ -623,6 +627,7 @@ mod tests {
                 "m1",
                 "--etcd-server-extra-args",
                 "--cert-file=/c --key-file /k",
+                "--etcd-server-arg=--peer-cert-file=/a b",
                 "--migrate-only",
                 "--downgrade-method=logical",
                 "--",
@@ -633,7 +638,7 @@ mod tests {
             assert_eq!(config.data_dir, PathBuf::from("/d/events"));
             assert_eq!(config.target().version, Version::new(3, 4, 23));
             assert_eq!(config.name, "m1");
-            assert_eq!(config.extra_args, ["--cert-file=/c", "--key-file", "/k"]);
+            assert_eq!(config.extra_args, ["--cert-file=/c", "--key-file", "/k", "--peer-cert-file=/a b"]);
             assert!(config.migrate_only);
             assert_eq!(config.downgrade_method, DowngradeMethod::Logical);
             assert_eq!(config.listen_client_urls, "http://127.0.0.1:18631");

@@ -3,6 +3,7 @@
 //! `EtcdProcess` that was not stopped stops it (SIGTERM, then SIGKILL).
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::client::{ClientError, Endpoint, TlsFiles, health, v3};
+use crate::etcd_flags::flag_arg;
 use crate::release;
 use crate::version::Version;
 
@@ -52,28 +54,28 @@ pub struct EtcdSpec {
     /// Pass `--enable-v2=true`: only releases with the flag accept it (see `release::Capabilities`).
     pub enable_v2: bool,
     /// Extra flags (`ETCD_CREDS`): TLS files and the like.
-    pub extra_args: Vec<String>,
+    pub extra_args: Vec<OsString>,
 }
 
 impl EtcdSpec {
-    pub fn args(&self) -> Vec<String> {
+    pub fn args(&self) -> Vec<OsString> {
         let mut args = vec![
-            format!("--name={}", self.name),
-            format!("--data-dir={}", self.data_dir.display()),
-            format!("--listen-client-urls={}", self.listen_client_urls),
-            format!("--advertise-client-urls={}", self.listen_client_urls),
-            format!("--listen-peer-urls={}", self.listen_peer_urls),
-            format!("--initial-advertise-peer-urls={}", self.initial_advertise_peer_urls),
-            format!("--initial-cluster={}", self.initial_cluster),
+            flag_arg("name", self.name.as_ref()),
+            flag_arg("data-dir", self.data_dir.as_os_str()),
+            flag_arg("listen-client-urls", self.listen_client_urls.as_ref()),
+            flag_arg("advertise-client-urls", self.listen_client_urls.as_ref()),
+            flag_arg("listen-peer-urls", self.listen_peer_urls.as_ref()),
+            flag_arg("initial-advertise-peer-urls", self.initial_advertise_peer_urls.as_ref()),
+            flag_arg("initial-cluster", self.initial_cluster.as_ref()),
         ];
         if let Some(state) = &self.initial_cluster_state {
-            args.push(format!("--initial-cluster-state={state}"));
+            args.push(flag_arg("initial-cluster-state", state.as_ref()));
         }
         if self.enable_v2 {
             args.push("--enable-v2=true".into());
         }
         if release::capabilities(self.version).max_txn_ops_flag {
-            args.push(format!("--max-txn-ops={}", v3::RAISED_MAX_TXN_OPS));
+            args.push(format!("--max-txn-ops={}", v3::RAISED_MAX_TXN_OPS).into());
         }
         args.extend(self.extra_args.iter().cloned());
         args
@@ -293,9 +295,15 @@ fn reaped_within(child: &mut Child, limit: Duration) -> bool {
     }
 }
 
+/// Reads etcd's output to its end. Lines are bytes: etcd logs its flags' values, which need not be UTF-8,
+/// and a reader that stopped there would close the pipe and kill etcd with SIGPIPE.
 async fn keep_lines(stream: impl AsyncRead + Unpin, log: Arc<Mutex<VecDeque<String>>>) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut reader = BufReader::new(stream);
+    let mut bytes = Vec::new();
+    while reader.read_until(b'\n', &mut bytes).await.is_ok_and(|read| read > 0) {
+        let line = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned();
+        bytes.clear();
         debug!(target: "etcd", "{line}");
         if let Ok(mut log) = log.lock() {
             if log.len() == LOG_LINES_KEPT {

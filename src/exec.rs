@@ -7,6 +7,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::etcd_flags;
+
 /// The command line of the final etcd: `--data-dir` first when given, then the operator's flags.
 pub fn etcd_command(binary: &Path, data_dir: Option<&Path>, etcd_args: &[OsString]) -> Vec<OsString> {
     let mut argv = vec![binary.as_os_str().to_owned()];
@@ -17,20 +19,18 @@ pub fn etcd_command(binary: &Path, data_dir: Option<&Path>, etcd_args: &[OsStrin
     argv
 }
 
-/// The `ETCD_*` variables to drop: those whose flag is also on the command line. etcd 3.4 and later
-/// refuse to start when an option comes both ways; the flag is the operator's explicit choice.
+/// The `ETCD_*` variables to drop: those whose flag is also on the command line, in any form etcd reads.
+/// etcd 3.4 and later refuse to start when an option comes both ways; the flag is the operator's
+/// explicit choice.
 pub fn shadowed_variables(argv: &[OsString], env: &HashMap<String, String>) -> Vec<String> {
-    let flags: Vec<String> = argv
+    let flags = etcd_flags::read(argv.get(1..).unwrap_or_default());
+    let mut shadowed: Vec<String> = flags
         .iter()
-        .filter_map(|arg| arg.to_str()?.strip_prefix("--"))
-        .map(|flag| flag.split('=').next().unwrap_or(flag).replace('-', "_").to_uppercase())
-        .collect();
-    let mut shadowed: Vec<String> = env
-        .keys()
-        .filter(|var| var.strip_prefix("ETCD_").is_some_and(|name| flags.iter().any(|f| f == name)))
-        .cloned()
+        .map(|flag| etcd_flags::env_name(&flag.name))
+        .filter(|var| env.contains_key(var))
         .collect();
     shadowed.sort();
+    shadowed.dedup();
     shadowed
 }
 
@@ -66,17 +66,34 @@ mod tests {
     }
 
     #[test]
-    fn drops_only_variables_that_a_flag_shadows() {
-        let argv =
-            ["/etcd", "--data-dir", "/d", "--name=m", "--listen-client-urls", "http://x"].map(OsString::from);
-        let env: HashMap<String, String> =
-            ["ETCD_NAME", "ETCD_DATA_DIR", "ETCD_LISTEN_CLIENT_URLS", "ETCD_QUOTA_BACKEND_BYTES", "NAME"]
-                .iter()
-                .map(|v| (v.to_string(), "x".to_string()))
-                .collect();
+    fn drops_only_variables_that_a_flag_shadows_in_any_form() {
+        let argv = [
+            "/etcd",
+            "--data-dir",
+            "/d",
+            "-name",
+            "m",
+            "--listen-client-urls=http://x",
+            "-enable-v2",
+            "--snapshot-count",
+            "10",
+        ]
+        .map(OsString::from);
+        let env: HashMap<String, String> = [
+            "ETCD_NAME",
+            "ETCD_DATA_DIR",
+            "ETCD_LISTEN_CLIENT_URLS",
+            "ETCD_ENABLE_V2",
+            "ETCD_QUOTA_BACKEND_BYTES",
+            "ETCD_10",
+            "NAME",
+        ]
+        .iter()
+        .map(|v| (v.to_string(), "x".to_string()))
+        .collect();
         assert_eq!(
             shadowed_variables(&argv, &env),
-            ["ETCD_DATA_DIR", "ETCD_LISTEN_CLIENT_URLS", "ETCD_NAME"]
+            ["ETCD_DATA_DIR", "ETCD_ENABLE_V2", "ETCD_LISTEN_CLIENT_URLS", "ETCD_NAME"]
         );
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::bundle::{Bundle, BundleError};
 use crate::config::{self, ConfigError};
-use crate::etcd_flags::EtcdFlags;
+use crate::etcd_flags::{self, EtcdFlags};
 use crate::version::Version;
 
 /// What this binary was asked to be, by the name it was run as.
@@ -81,15 +81,19 @@ pub fn action(
             let mut migrator = bin_dir_flag().to_vec();
             let settings = [
                 ("--data-dir", flags.data_dir().into_os_string()),
-                ("--name", flags.name().into()),
-                ("--listen-peer-urls", flags.listen_peer_urls().into()),
-                ("--initial-advertise-peer-urls", flags.initial_advertise_peer_urls().into()),
-                ("--initial-cluster", flags.initial_cluster().into()),
-                ("--etcd-server-extra-args", flags.peer_tls_args().join(" ").into()),
+                ("--name", flags.name()),
+                ("--listen-peer-urls", flags.listen_peer_urls()),
+                ("--initial-advertise-peer-urls", flags.initial_advertise_peer_urls()),
+                ("--initial-cluster", flags.initial_cluster()),
+                // etcd's own flags alone say how this member is secured, not the migrate scripts' ETCD_CREDS.
+                ("--etcd-server-extra-args", OsString::new()),
             ];
             for (flag, value) in settings {
                 migrator.push(flag.into());
                 migrator.push(value);
+            }
+            for arg in flags.peer_tls_args() {
+                migrator.push(etcd_flags::flag_arg("etcd-server-arg", &arg));
             }
             if env.get("TARGET_VERSION").is_none_or(|v| v.is_empty()) {
                 migrator.push("--target-version".into());
@@ -236,7 +240,9 @@ mod tests {
             "--initial-cluster",
             "node1=https://10.0.0.1:2380",
             "--etcd-server-extra-args",
-            "--peer-cert-file=/pki/peer.crt --peer-key-file=/pki/peer.key",
+            "",
+            "--etcd-server-arg=--peer-cert-file=/pki/peer.crt",
+            "--etcd-server-arg=--peer-key-file=/pki/peer.key",
             "--target-version",
             "3.5.16",
         ]);

@@ -1,14 +1,19 @@
 //! The binary under the names Kubernetes' etcd manifests call, in a bin dir laid out as the image lays it
 //! out (the binary under each name, beside real etcd releases): `migrate-if-needed.sh` migrates and
 //! returns, `etcd` migrates data that has no version.txt and becomes etcd with exactly its arguments,
-//! `etcdctl` is the newest bundled etcdctl.
+//! `etcdctl` is the newest bundled etcdctl. etcd's flags, in every form etcd reads, reach both the
+//! migration's hidden etcd and the etcd exec'd in our place byte for byte.
 
 mod support;
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use etcd_migrate::client::TlsFiles;
+use etcd_migrate::cluster::{self, Peer};
 use support::*;
 
 /// A bin dir holding etcd/etcdctl 3.4.23 and 3.5.16 and this binary under every name it answers to.
@@ -106,4 +111,78 @@ fn etcdctl_is_the_newest_bundled_one() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("etcdctl version: 3.5.16"));
     let output = run_as(&bin, "etcd").arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&output.stdout).contains("etcd Version: 3.5.16"), "{output:?}");
+}
+
+/// `-flag v`, `--flag=v`, `--flag v`, `-flag=v` and a boolean alone, with the data dir at a path holding
+/// a space and the peer certificates at paths holding a space and a byte that is not UTF-8 (etcd logs
+/// them, so the hidden etcd's output is read as bytes): the migration's hidden etcd
+/// serves its peer TLS with those files (it would not start on a path cut at the space), and the etcd
+/// exec'd in our place got exactly these arguments, without the `ETCD_NAME` that `-name` shadows.
+#[test]
+fn etcd_passes_its_flags_on_byte_for_byte_in_every_form() {
+    let dir = TempDir::new("multicall-flags");
+    let bin = image_bin_dir(&dir);
+    let pki = dir.path().join(OsStr::from_bytes(b"pki dir \xff"));
+    std::fs::create_dir_all(&pki).unwrap();
+    let certs = make_certs(&pki);
+    let data = dir.join("data dir");
+    let plain_peer = free_peer_url();
+    let keys = sample_keys();
+    make_etcd3_data_without_version_file("3.4.23", &data, "node1", &plain_peer, &keys);
+
+    let peer = plain_peer.replace("http://", "https://");
+    let client = format!("http://127.0.0.1:{}", free_port());
+    let joined = |flag: &str, value: &OsStr| {
+        let mut arg = OsString::from(flag);
+        arg.push(value);
+        arg
+    };
+    let args: Vec<OsString> = vec![
+        "-name".into(),
+        "node1".into(),
+        joined("--data-dir=", data.as_os_str()),
+        "--listen-client-urls".into(),
+        client.clone().into(),
+        format!("-advertise-client-urls={client}").into(),
+        format!("--listen-peer-urls={peer}").into(),
+        "--initial-advertise-peer-urls".into(),
+        peer.clone().into(),
+        format!("--initial-cluster=node1={peer}").into(),
+        "-peer-cert-file".into(),
+        certs.cert.clone().into(),
+        joined("--peer-key-file=", certs.key.as_os_str()),
+        "--peer-trusted-ca-file".into(),
+        certs.ca.clone().into(),
+        "-peer-client-cert-auth".into(),
+        "--snapshot-count=10000".into(),
+    ];
+    let mut etcd = run_as(&bin, "etcd");
+    etcd.env("LISTEN_CLIENT_URLS", format!("http://127.0.0.1:{}", free_port()))
+        .env("ETCD_NAME", "node1")
+        .env("ETCD_QUOTA_BACKEND_BYTES", "8589934592")
+        .args(&args);
+    let etcd = KillOnDrop(etcd.stderr(Stdio::null()).spawn().unwrap());
+    assert!(wait_healthy(&client, Duration::from_secs(120)), "etcd serves after the migration");
+    assert_eq!(version_txt(&data), "3.5.16/etcd3", "the hidden etcd migrated the data at that path");
+    assert_eq!(all_keys("3.5.16", &client), keys);
+
+    let proc = Path::new("/proc").join(etcd.0.id().to_string());
+    let cmdline = std::fs::read(proc.join("cmdline")).unwrap();
+    let argv: Vec<OsString> = cmdline
+        .strip_suffix(b"\0")
+        .unwrap()
+        .split(|&b| b == 0)
+        .map(|a| OsStr::from_bytes(a).into())
+        .collect();
+    assert_eq!(argv[0], bin.join("etcd-3.5.16").into_os_string(), "the target release, same PID");
+    assert_eq!(&argv[1..], &args[..], "etcd got exactly its arguments");
+    let environ = std::fs::read(proc.join("environ")).unwrap();
+    let environ: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
+    assert!(!environ.iter().any(|var| var.starts_with(b"ETCD_NAME=")), "-name shadows ETCD_NAME");
+    assert!(environ.contains(&&b"ETCD_QUOTA_BACKEND_BYTES=8589934592"[..]), "no flag shadows this one");
+
+    let peers = [Peer { name: "node1".into(), url: peer.clone() }];
+    let asked = block_on(cluster::ask(&peers, &TlsFiles::peer_from_etcd_args(&args)));
+    let answer = asked.0[0].1.as_ref().expect("the peer listener answers with the member's own certificate");
+    assert_eq!(answer.server, "3.5.16");
 }

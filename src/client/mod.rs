@@ -8,8 +8,11 @@ pub mod health;
 pub mod v2;
 pub mod v3;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::etcd_flags;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -34,35 +37,28 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    /// Reads `--trusted-ca-file`, `--cert-file` and `--key-file` out of etcd flags, in either the
-    /// `--flag=value` or the `--flag value` form.
-    pub fn from_etcd_args(args: &[String]) -> TlsFiles {
+    /// Reads `--trusted-ca-file`, `--cert-file` and `--key-file` out of etcd flags, in any form etcd reads.
+    pub fn from_etcd_args(args: &[OsString]) -> TlsFiles {
         TlsFiles::from_prefixed_etcd_args(args, "")
     }
 
     /// The same for the peer side: `--peer-trusted-ca-file`, `--peer-cert-file`, `--peer-key-file`, what
     /// a member presents to its peers (and what asking a peer's `/version` takes).
-    pub fn peer_from_etcd_args(args: &[String]) -> TlsFiles {
+    pub fn peer_from_etcd_args(args: &[OsString]) -> TlsFiles {
         TlsFiles::from_prefixed_etcd_args(args, "peer-")
     }
 
-    fn from_prefixed_etcd_args(args: &[String], prefix: &str) -> TlsFiles {
+    fn from_prefixed_etcd_args(args: &[OsString], prefix: &str) -> TlsFiles {
         let mut files = TlsFiles::default();
-        let mut iter = args.iter().peekable();
-        while let Some(arg) = iter.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((flag, value)) => (flag, Some(value.to_string())),
-                None => (arg.as_str(), None),
-            };
-            let Some(flag) = flag.trim_start_matches('-').strip_prefix(prefix) else { continue };
-            let slot = match flag {
+        for flag in etcd_flags::read(args) {
+            let Some(name) = flag.name.strip_prefix(prefix) else { continue };
+            let slot = match name {
                 "trusted-ca-file" => &mut files.ca,
                 "cert-file" => &mut files.cert,
                 "key-file" => &mut files.key,
                 _ => continue,
             };
-            let value = inline.or_else(|| iter.next_if(|next| !next.starts_with("--")).cloned());
-            *slot = value.map(PathBuf::from);
+            *slot = flag.value.map(PathBuf::from);
         }
         files
     }
@@ -159,22 +155,16 @@ mod tests {
 
     #[test]
     fn reads_tls_files_from_etcd_flags_in_both_forms() {
-        let args: Vec<String> = [
-            "--cert-file=/c.pem",
-            "--key-file",
-            "/k.pem",
-            "--client-cert-auth",
-            "--trusted-ca-file",
-            "/ca.pem",
-        ]
-        .map(String::from)
-        .to_vec();
+        let args: Vec<OsString> =
+            ["--cert-file=/c.pem", "-key-file", "/k.pem", "--client-cert-auth", "-trusted-ca-file=/ca.pem"]
+                .map(OsString::from)
+                .to_vec();
         let files = TlsFiles::from_etcd_args(&args);
         assert_eq!(
             files,
             TlsFiles { ca: Some("/ca.pem".into()), cert: Some("/c.pem".into()), key: Some("/k.pem".into()) }
         );
-        let peer_only: Vec<String> = ["--peer-cert-file=/p.pem"].map(String::from).to_vec();
+        let peer_only: Vec<OsString> = ["--peer-cert-file=/p.pem"].map(OsString::from).to_vec();
         assert_eq!(TlsFiles::from_etcd_args(&peer_only), TlsFiles::default());
         assert_eq!(
             TlsFiles::peer_from_etcd_args(&peer_only),

@@ -156,7 +156,7 @@ impl Cluster {
             initial_cluster: self.initial_cluster.clone(),
             initial_cluster_state: None,
             enable_v2: false,
-            extra_args: self.tls.clone(),
+            extra_args: self.tls.iter().map(Into::into).collect(),
         }
     }
 
