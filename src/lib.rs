@@ -7,6 +7,7 @@ pub mod bbolt;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod copier;
 pub mod data_dir;
 pub mod durable;
 pub mod etcd_flags;
