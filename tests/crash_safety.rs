@@ -16,9 +16,9 @@ use support::*;
 
 const KILLS: u32 = 20;
 /// Kills that must land mid-run. They are spread over the clean run's time, up to 20/21 of it, and a
-/// rerun may be a little faster, so the last may find it finished; a scenario whose kills mostly miss
-/// tests nothing.
-const KILLED_AT_LEAST: u32 = KILLS * 3 / 4;
+/// rerun can be a quarter faster (15 of 20 landed in a downgrade on a busy machine), so the last may
+/// find it finished; a scenario whose kills mostly miss tests nothing.
+const KILLED_AT_LEAST: u32 = KILLS / 2;
 
 /// Kills `scenario`'s run `after` its start, reruns it to completion, checks the result. Where the kill
 /// lands is chance (fault injection by time), so the outcome is checked for both: a run killed anywhere,
