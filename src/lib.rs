@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod copier;
 pub mod data_dir;
 pub mod durable;
 pub mod etcd_flags;
