@@ -276,13 +276,23 @@ fn own_operations(counted: &[fault_fs::Counted]) -> Vec<(Op, u64, String)> {
 }
 
 /// The operations to fail: every fsync, rename and mkdir of the migrator, and the first write to each
-/// file it writes (a backup's copy is written in 1 MiB blocks: its first block stands for the rest).
-/// Each is failed with ENOSPC and with EIO under `POWER_CUT_ALL=1`; else the two alternate, over a spread
-/// of [`CI_FAULTS`] of them.
+/// file it writes (a backup's copy is written in 1 MiB blocks: its first block stands for the rest). The
+/// files of a backup's copy (`<backup>.partial/...`) are copied alike, by one code path: of each kind of
+/// operation on them, the first and the last stand for the rest. Each is failed with ENOSPC and with EIO
+/// under `POWER_CUT_ALL=1`; else the two alternate, over a spread of [`CI_FAULTS`] of them.
 fn faults_to_inject(ops: &[(Op, u64, String)]) -> Vec<(Op, u64, String, i32)> {
+    let in_copy = |path: &str| path.contains(".partial/");
+    let last_in_copy: std::collections::BTreeMap<Op, u64> =
+        ops.iter().filter(|(_, _, path)| in_copy(path)).map(|(op, nth, _)| (*op, *nth)).collect();
+    let mut first_in_copy = std::collections::BTreeSet::new();
     let mut written = std::collections::BTreeSet::new();
-    let targets: Vec<&(Op, u64, String)> =
-        ops.iter().filter(|(op, _, path)| *op != Op::Write || written.insert(path.clone())).collect();
+    let targets: Vec<&(Op, u64, String)> = ops
+        .iter()
+        .filter(|(op, nth, path)| {
+            let copy_site = !in_copy(path) || first_in_copy.insert(*op) || last_in_copy.get(op) == Some(nth);
+            copy_site && (*op != Op::Write || written.insert(path.clone()))
+        })
+        .collect();
     let all = std::env::var("POWER_CUT_ALL").is_ok_and(|v| v == "1");
     let mut faults = Vec::new();
     for (i, (op, nth, path)) in targets.iter().enumerate() {
