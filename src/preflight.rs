@@ -51,9 +51,7 @@ pub fn check(config: &Config, plan: &Plan) -> Result<(), PreflightError> {
     for url in urls {
         etcd_process::ensure_port_free(url.trim())?;
     }
-    // Preflight leaves nothing behind (a refusal exits 2, the data dir as it was): a backup dir not made
-    // yet (`backup::create` makes it) is checked where it will be made.
-    let backup_dir = existing_ancestor(&config.backup.backup_dir);
+    let backup_dir = &config.backup.backup_dir;
     check_writable(backup_dir)?;
     let backups = (0..plan.steps.len()).filter(|&i| plan.backup_before(i)).count() as u64;
     let size = backup::size_of(&config.data_dir)
@@ -91,8 +89,11 @@ fn check_binary(path: &Path, query: &VersionQuery) -> Result<(), PreflightError>
     }
 }
 
+/// Preflight leaves nothing behind (a refusal exits 2, the data dir as it was): a dir not made yet (a
+/// backup dir, which `backup::create` makes) is checked at its nearest existing ancestor, where it will
+/// be made, and named as itself.
 fn check_writable(dir: &Path) -> Result<(), PreflightError> {
-    let probe = dir.join(format!(".etcd-migrate-write-probe-{}", std::process::id()));
+    let probe = existing_ancestor(dir).join(format!(".etcd-migrate-write-probe-{}", std::process::id()));
     // Removed even when the write failed: a full disk can take the new file but not its bytes, and a run
     // that stops here exits 2, promising the data dir is as it was.
     let written = std::fs::write(&probe, b"probe");
@@ -108,7 +109,7 @@ fn existing_ancestor(path: &Path) -> &Path {
 }
 
 fn check_space(dir: &Path, needed: u64) -> Result<(), PreflightError> {
-    let stat = nix::sys::statvfs::statvfs(dir)
+    let stat = nix::sys::statvfs::statvfs(existing_ancestor(dir))
         .map_err(|e| PreflightError::NotWritable { path: dir.to_path_buf(), message: e.to_string() })?;
     let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
     if free < needed {

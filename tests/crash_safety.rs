@@ -248,38 +248,10 @@ fn a_corrupt_wal_fails_the_step_with_etcds_last_lines() {
     assert_stopped(&data, &peer);
 }
 
-/// A small tmpfs the test mounts itself (root only); `None` where it cannot (see [`cannot_run`]).
-/// It has room for one etcd data dir: etcd preallocates 64 MiB for its WAL and, in the background,
-/// another 64 MiB for the next segment. With less than twice that the two race, and where the second
-/// allocation wins, etcd's first commit to its db fails with "no space left".
-struct Tmpfs(TempDir);
-
-impl Tmpfs {
-    fn mount() -> Option<Tmpfs> {
-        let dir = TempDir::new("tmpfs");
-        let output =
-            Command::new("mount").args(["-t", "tmpfs", "-o", "size=300m", "tmpfs"]).arg(dir.path()).output();
-        match output {
-            Ok(output) if output.status.success() => Some(Tmpfs(dir)),
-            failed => {
-                let why = failed.map_or_else(|e| e.to_string(), |o| stderr(&o));
-                cannot_run(&format!("cannot mount a tmpfs (needs root and mount rights): {}", why.trim()));
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
-}
-
 #[test]
 fn a_full_disk_fails_the_step_and_keeps_the_truth_and_the_backup() {
-    let Some(tmpfs) = Tmpfs::mount() else { return };
-    let data = tmpfs.0.join("data");
+    let Some(tmpfs) = Tmpfs::mount("300m") else { return };
+    let data = tmpfs.path().join("data");
     let backups = TempDir::new("full-backups");
     let peer = format!("http://localhost:{}", free_port());
     let keys = sample_keys();
@@ -301,7 +273,7 @@ fn a_full_disk_fails_the_step_and_keeps_the_truth_and_the_backup() {
     let child = pause.spawn_paused(paused);
     // The data dir's file system fills up mid-step: the backup is made and the downgrade's source etcd, the newest 3.5, is up on the data, but
     // the snapshot the step takes into the data dir's work area is not.
-    let filler = tmpfs.0.join("filler");
+    let filler = tmpfs.path().join("filler");
     let fill =
         Command::new("dd").arg("if=/dev/zero").arg(format!("of={}", filler.display())).arg("bs=1M").output();
     assert!(stderr(&fill.unwrap()).contains("No space left"), "the disk is full");
@@ -326,15 +298,15 @@ fn a_full_disk_fails_the_step_and_keeps_the_truth_and_the_backup() {
 
 #[test]
 fn a_read_only_data_dir_is_refused_before_anything_changes() {
-    let Some(tmpfs) = Tmpfs::mount() else { return };
-    let data = tmpfs.0.join("data");
+    let Some(tmpfs) = Tmpfs::mount("300m") else { return };
+    let data = tmpfs.path().join("data");
     let peer = format!("http://localhost:{}", free_port());
     make_etcd3_data("3.4.23", &data, &peer, &sample_keys());
     let before = tree_fingerprint(&data);
-    let remount = Command::new("mount").args(["-o", "remount,ro"]).arg(tmpfs.0.path()).status().unwrap();
+    let remount = Command::new("mount").args(["-o", "remount,ro"]).arg(tmpfs.path()).status().unwrap();
     assert!(remount.success());
     let output = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]).run();
-    let _ = Command::new("mount").args(["-o", "remount,rw"]).arg(tmpfs.0.path()).status();
+    let _ = Command::new("mount").args(["-o", "remount,rw"]).arg(tmpfs.path()).status();
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(stderr(&output).contains("not writable"), "{}", stderr(&output));
     assert_eq!(tree_fingerprint(&data), before);

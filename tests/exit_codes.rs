@@ -5,7 +5,7 @@
 mod support;
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use etcd_migrate::data_dir::{db_path, journal, journal_path};
 use etcd_migrate::version::Version;
@@ -54,6 +54,147 @@ fn a_damaged_journal_exits_2_with_the_data_dir_byte_identical() {
         "3.5.16",
         "journal.json is damaged",
     );
+}
+
+/// A refusal of the walk below: its name, the target asked, what its one line says, and what sets it up
+/// on a copy of the sample data (it may hold something, a port or a lock, until the run is over).
+type Setup = Box<dyn FnOnce(&TempDir, &Path, Migrator) -> (Migrator, Box<dyn std::any::Any>)>;
+
+fn nothing() -> Box<dyn std::any::Any> {
+    Box::new(())
+}
+
+/// Every way a run on real data refuses before changing anything (the input, the bundle, the machine,
+/// the plan): exit 2, one line naming what is wrong, the data dir byte for byte as it was, folders
+/// included, and nothing beside it.
+#[test]
+fn every_refusal_exits_2_with_the_data_dir_byte_identical_folders_included() {
+    let source = TempDir::new("exit-walk-source");
+    let peer = peer_url();
+    make_etcd3_data("3.4.23", &source.join("data"), &peer, &sample_keys());
+    let version_txt_says = |content: &'static str| -> Setup {
+        Box::new(move |_, data, migrator| {
+            fs::write(data.join("version.txt"), content).unwrap();
+            (migrator, Box::new(()))
+        })
+    };
+    let refusals: Vec<(&str, &str, &str, Setup)> = vec![
+        ("a damaged version.txt", "3.5.16", "expected X.Y.Z/etcdN", version_txt_says("3.4/etcd3")),
+        ("an unknown etcd", "3.5.16", "an etcd this migrator does not know", version_txt_says("9.9.9/etcd3")),
+        (
+            "two claims of the current version",
+            "3.5.16",
+            "remove one of them",
+            Box::new(|_, _, m| (m.args(&["--assume-current-version", "3.3.25/etcd3"]), nothing())),
+        ),
+        ("a target not bundled", "3.9.0", "is missing or not executable", Box::new(|_, _, m| (m, nothing()))),
+        (
+            "a bundle whose etcd reports another version",
+            "3.5.16",
+            "does not report 3.5.16",
+            Box::new(|dir, _, m| {
+                let bin = dir.join("bin");
+                fs::create_dir(&bin).unwrap();
+                for entry in fs::read_dir(etcd_bin_dir()).unwrap().flatten() {
+                    std::os::unix::fs::symlink(entry.path(), bin.join(entry.file_name())).unwrap();
+                }
+                fs::remove_file(bin.join("etcd-3.5.16")).unwrap();
+                std::os::unix::fs::symlink(etcd_bin_dir().join("etcd-3.4.23"), bin.join("etcd-3.5.16"))
+                    .unwrap();
+                (m.args(&["--bin-dir", bin.to_str().unwrap()]), nothing())
+            }),
+        ),
+        (
+            "a hidden port in use",
+            "3.5.16",
+            "is in use",
+            Box::new(|_, _, m| {
+                let port = m.hidden_client_url.rsplit(':').next().unwrap().to_string();
+                let held = std::net::TcpListener::bind(format!("127.0.0.1:{port}")).unwrap();
+                (m, Box::new(held))
+            }),
+        ),
+        (
+            "another migrator on the data dir",
+            "3.5.16",
+            "another etcd-migrate holds",
+            Box::new(|_, data, m| {
+                let lock = fs::File::open(data).unwrap();
+                lock.try_lock().unwrap();
+                (m, Box::new(lock))
+            }),
+        ),
+        (
+            "a rollback to etcd2 of data not stored as JSON",
+            "3.3.25",
+            "application/json",
+            Box::new(|_, _, m| (m.args(&["--target-storage", "etcd2"]), nothing())),
+        ),
+        (
+            "a backup dir that cannot be written",
+            "3.5.16",
+            "is not writable",
+            Box::new(|_, _, m| (m.args(&["--backup-dir", "/proc/etcd-migrate-backups"]), nothing())),
+        ),
+        (
+            "a damaged journal",
+            "3.5.16",
+            "journal.json is damaged",
+            Box::new(|_, data, m| {
+                fs::create_dir_all(journal_path(data).parent().unwrap()).unwrap();
+                fs::write(journal_path(data), "{").unwrap();
+                (m, nothing())
+            }),
+        ),
+    ];
+    for (what, target, says, setup) in refusals {
+        let dir = TempDir::new("exit-walk");
+        let data = dir.join("data");
+        copy_dir(&source.join("data"), &data);
+        let (migrator, _held) = setup(&dir, &data, Migrator::new(&data, &peer));
+        let beside_before: Vec<_> =
+            fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        let before = tree_fingerprint(&data);
+        let output = migrator.args(&["--target-version", target, "--migrate-only"]).run();
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{what}: {message}");
+        assert!(message.contains(says), "{what}: {message}");
+        assert_eq!(message.trim().lines().count(), 1, "{what}: one line: {message}");
+        assert_eq!(tree_fingerprint(&data), before, "{what}: the data dir changed");
+        let beside: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(beside, beside_before, "{what}: something was left beside the data dir");
+    }
+}
+
+/// A data dir mounted by itself (as kubeadm's pod mounts it) keeps its backups inside its own volume
+/// (`.etcd-migrate/backups`): when that volume has no room for one, the run is refused before that
+/// folder is made, so the data dir is as it was, folders included.
+#[test]
+fn no_room_for_a_backup_inside_the_data_dirs_volume_exits_2_making_no_folder() {
+    let source = TempDir::new("exit-in-volume-source");
+    let peer = peer_url();
+    make_etcd3_data("3.4.23", &source.join("data"), &peer, &sample_keys());
+    let bytes = etcd_migrate::copier::size_of(&source.join("data"), &[]).unwrap();
+    // Room for the data and half again: not for a backup of it.
+    let Some(volume) = Tmpfs::mount(&format!("{}k", bytes * 3 / 2 / 1024)) else { return };
+    let data = volume.path();
+    let copied = std::process::Command::new("cp")
+        .args(["-a", "--sparse=never"])
+        .arg(source.join("data/."))
+        .arg(data)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let before = tree_fingerprint(data);
+    let output = Migrator::new(data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]).run();
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    assert!(
+        message.contains(".etcd-migrate/backups has") && message.contains("free but the plan's backups need"),
+        "{message}"
+    );
+    assert_eq!(tree_fingerprint(data), before, "the data dir changed");
+    assert_eq!(version_txt(data), "3.4.23/etcd3");
 }
 
 /// etcd's 3.6 upgrade guide asks for every 3.5 member at 3.5.32 or later, and the newest 3.5 Debian

@@ -365,6 +365,12 @@ pub fn make_etcd3_data_without_version_file(
     etcd.stop();
 }
 
+/// A copy of the tree `from` at `to`, modes and all.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let copied = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(copied.success(), "cp -a {} {}", from.display(), to.display());
+}
+
 /// Every file under `dir` with a hash of its content (and symlinks/dirs by kind), for "nothing changed".
 pub fn tree_fingerprint(dir: &Path) -> BTreeMap<String, String> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
@@ -655,6 +661,41 @@ impl Drop for PausedRun {
 
 /// For a test that cannot reach its subject (`why`): under CI (`CI` set) it fails, since there everything
 /// must run; elsewhere it says so on stderr, past the test harness's capture, and the caller returns.
+/// A tmpfs of `size` (mount's `size=`) the test mounts itself (root only), unmounted when dropped;
+/// `None` where it cannot (see [`cannot_run`]). etcd preallocates 64 MiB for its WAL and, in the
+/// background, another 64 MiB for the next segment: one etcd data dir needs twice that (with less, the
+/// two race, and where the second allocation wins, etcd's first commit to its db fails).
+pub struct Tmpfs(TempDir);
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = TempDir::new("tmpfs");
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match output {
+            Ok(output) if output.status.success() => Some(Tmpfs(dir)),
+            failed => {
+                let why = failed.map_or_else(|e| e.to_string(), |o| stderr(&o));
+                cannot_run(&format!("cannot mount a tmpfs (needs root and mount rights): {}", why.trim()));
+                None
+            }
+        }
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
 pub fn cannot_run(why: &str) {
     let test = test_name();
     assert!(std::env::var_os("CI").is_none_or(|ci| ci.is_empty()), "{test} cannot run under CI: {why}");
