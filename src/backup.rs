@@ -50,8 +50,10 @@ pub fn policy(data_dir: &Path, backup_dir: Option<PathBuf>, retention: usize) ->
 /// A complete, verified backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Backup {
+    #[serde(with = "crate::path_serde")]
     pub path: PathBuf,
     pub label: String,
+    #[serde(with = "crate::path_serde")]
     pub source: PathBuf,
     pub created_unix: u64,
     pub files: u64,

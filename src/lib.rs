@@ -20,6 +20,7 @@ pub mod logging;
 pub mod migrate;
 pub mod mounts;
 pub mod multicall;
+pub mod path_serde;
 pub mod plan;
 pub mod preflight;
 pub mod progress;

@@ -113,9 +113,9 @@ fn etcdctl_is_the_newest_bundled_one() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("etcd Version: 3.5.16"), "{output:?}");
 }
 
-/// `-flag v`, `--flag=v`, `--flag v`, `-flag=v` and a boolean alone, with the data dir at a path holding
-/// a space and the peer certificates at paths holding a space and a byte that is not UTF-8 (etcd logs
-/// them, so the hidden etcd's output is read as bytes): the migration's hidden etcd
+/// `-flag v`, `--flag=v`, `--flag v`, `-flag=v` and a boolean alone, with the data dir and the peer
+/// certificates at paths holding a space and a byte that is not UTF-8 (etcd logs them, so the hidden
+/// etcd's output is read as bytes; the journal and the backup's manifest record them exactly): the migration's hidden etcd
 /// serves its peer TLS with those files (it would not start on a path cut at the space), and the etcd
 /// exec'd in our place got exactly these arguments, without the `ETCD_NAME` that `-name` shadows.
 #[test]
@@ -125,7 +125,7 @@ fn etcd_passes_its_flags_on_byte_for_byte_in_every_form() {
     let pki = dir.path().join(OsStr::from_bytes(b"pki dir \xff"));
     std::fs::create_dir_all(&pki).unwrap();
     let certs = make_certs(&pki);
-    let data = dir.join("data dir");
+    let data = dir.path().join(OsStr::from_bytes(b"data dir \xfe"));
     let plain_peer = free_peer_url();
     let keys = sample_keys();
     make_etcd3_data_without_version_file("3.4.23", &data, "node1", &plain_peer, &keys);

@@ -18,6 +18,7 @@ use crate::plan::Step;
 pub struct Journal {
     pub step: Step,
     /// The verified backup taken before this step, if one was.
+    #[serde(with = "crate::path_serde::option")]
     pub backup: Option<PathBuf>,
     /// For rebuilding steps: the inode of the rebuilt member, recorded just before it is swapped in, so a
     /// later run can tell whether the swap happened.
