@@ -14,7 +14,6 @@ use tokio::task::JoinSet;
 
 use crate::client::v3::{self, Versions};
 use crate::client::{Endpoint, TlsFiles};
-use crate::config::Config;
 use crate::version::{Minor, Version};
 
 /// One peer's answer may take this long: a peer that is down must not hold up the others' or a log line.
@@ -50,12 +49,6 @@ pub fn peers(initial_cluster: &str, own_name: &str) -> Vec<Peer> {
 /// reachable within a couple of seconds).
 #[derive(Debug, Clone)]
 pub struct PeerVersions(pub Vec<(Peer, Option<Versions>)>);
-
-/// Asks every peer of the member `config` describes, with its peer TLS files.
-pub async fn ask_peers_of(config: &Config) -> PeerVersions {
-    let peers = peers(&config.initial_cluster, &config.name);
-    ask(&peers, &TlsFiles::peer_from_etcd_args(&config.extra_args)).await
-}
 
 /// Asks every peer's `/version` at once, with the member's peer TLS files.
 pub async fn ask(peers: &[Peer], tls: &TlsFiles) -> PeerVersions {

@@ -17,6 +17,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::backup::{self, BackupPolicy};
 use crate::bundle::{Bundle, BundleError};
+use crate::client::TlsFiles;
+use crate::cluster::{self, Peer};
 use crate::etcd_flags;
 use crate::version::{EtcdState, Storage, Version};
 
@@ -33,7 +35,7 @@ const PORTS: Ports = Ports { client: 18629, peer: 2380 };
 const EVENTS_PORTS: Ports = Ports { client: 18631, peer: 2381 };
 const EVENTS_MARKER: &str = "event";
 
-const EXIT_CODES: &str = "exit codes: 0 done, 1 a step failed, 2 bad configuration or input";
+const EXIT_CODES: &str = "exit codes: 0 done, 1 failed after changing the data dir, 2 changed nothing (bad configuration or input)";
 
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
@@ -295,8 +297,12 @@ pub struct Config {
     pub listen_peer_urls: String,
     pub initial_advertise_peer_urls: String,
     pub initial_cluster: String,
-    /// Whether this member has peers (more than one member in the initial cluster).
-    pub is_cluster_member: bool,
+    /// The other members of `initial_cluster`: a member with any is a member of a cluster.
+    pub peers: Vec<Peer>,
+    /// The TLS files of the hidden etcd's client URL and of its peer URL (`extra_args`), for the
+    /// migrator's clients of it and of its peers.
+    pub client_tls: TlsFiles,
+    pub peer_tls: TlsFiles,
     pub data_prefix: String,
     pub ttl_keys_directory: String,
     /// The hidden etcd's own flags (`ETCD_CREDS`, then each `--etcd-server-arg`).
@@ -370,22 +376,26 @@ pub fn resolve(args: Args, env: impl Fn(&str) -> Option<String>) -> Result<Confi
         Some(name) => name,
         None => format!("etcd-{}", hostname(env)?),
     };
+    let extra_args: Vec<OsString> =
+        etcd_flags::split_at_whitespace(&args.etcd_server_extra_args.unwrap_or_default())
+            .into_iter()
+            .chain(args.etcd_server_args)
+            .collect();
     let initial_cluster = args.initial_cluster.unwrap_or_else(|| format!("{name}={peer_url}"));
     Ok(Config {
         command,
         target,
         bundle,
-        is_cluster_member: initial_cluster.split(',').filter(|m| !m.trim().is_empty()).count() > 1,
+        peers: cluster::peers(&initial_cluster, &name),
         initial_cluster,
+        client_tls: TlsFiles::from_etcd_args(&extra_args),
+        peer_tls: TlsFiles::peer_from_etcd_args(&extra_args),
+        extra_args,
         listen_client_urls: args.listen_client_urls.unwrap_or_else(|| format!("http://127.0.0.1:{port}")),
         listen_peer_urls: args.listen_peer_urls.unwrap_or_else(|| peer_url.clone()),
         initial_advertise_peer_urls: args.initial_advertise_peer_urls.unwrap_or_else(|| peer_url.clone()),
         ttl_keys_directory: args.ttl_keys_directory.unwrap_or_else(|| format!("{}/events", args.data_prefix)),
         data_prefix: args.data_prefix,
-        extra_args: etcd_flags::split_at_whitespace(&args.etcd_server_extra_args.unwrap_or_default())
-            .into_iter()
-            .chain(args.etcd_server_args)
-            .collect(),
         storage_media_type: args.storage_media_type,
         log_format: args.log_format,
         output: args.output,
@@ -403,6 +413,11 @@ pub fn resolve(args: Args, env: impl Fn(&str) -> Option<String>) -> Result<Confi
 }
 
 impl Config {
+    /// Whether this member has peers.
+    pub fn is_cluster_member(&self) -> bool {
+        !self.peers.is_empty()
+    }
+
     /// The state a run ends at (see [`Target`]).
     pub fn target(&self) -> EtcdState {
         self.target.expect("resolve requires a target for this command").state
@@ -565,7 +580,7 @@ mod tests {
             assert_eq!(config.listen_client_urls, "http://127.0.0.1:1");
             assert_eq!(config.listen_peer_urls, "http://127.0.0.1:2");
             assert_eq!(config.initial_advertise_peer_urls, "http://m0:2");
-            assert!(config.is_cluster_member);
+            assert!(config.is_cluster_member());
             assert_eq!(config.data_prefix, "/k8s");
             assert_eq!(config.ttl_keys_directory, "/k8s/ev");
             assert_eq!(config.extra_args, ["--cert-file=/c", "--key-file", "/k"]);

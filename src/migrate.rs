@@ -169,7 +169,7 @@ async fn run(config: &Config, data_dir: &DataDir, backup: &mut Option<PathBuf>) 
 /// `plan` command plan.
 pub fn plan_for(config: &Config, current: EtcdState, cluster: Option<Minor>) -> Result<Plan, PlanError> {
     let plan = plan::plan(current, config.target(), config.bundle.versions(), &config.storage_media_type)?;
-    if config.is_cluster_member {
+    if config.is_cluster_member() {
         plan::check_member_of_cluster(&plan, cluster)?;
     }
     Ok(plan)
@@ -179,7 +179,7 @@ pub fn plan_for(config: &Config, current: EtcdState, cluster: Option<Minor>) -> 
 /// older cluster (it was stopped while its peers moved on) may catch up to them. Asked only then, so a
 /// member's ordinary start waits for no peer. Says what each peer answered.
 async fn peers_lowest_minor(config: &Config) -> Option<Minor> {
-    let answers = cluster::ask_peers_of(config).await;
+    let answers = cluster::ask(&config.peers, &config.peer_tls).await;
     let said: Vec<String> = answers
         .0
         .iter()
@@ -220,7 +220,7 @@ async fn run_steps(
     let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
     for (index, &step) in plan.steps.iter().enumerate() {
         let at = step.before();
-        if index > 0 && config.is_cluster_member {
+        if index > 0 && config.is_cluster_member() {
             // The previous step may have moved the cluster (or not): its data says where it stands now.
             plan::check_step_in_cluster(&step, data_dir::inspect(data_dir.path())?.db_minor)?;
         }

@@ -113,7 +113,7 @@ fn moved_target(env: &HashMap<String, String>, bin_dir: &Path) -> Option<Version
         return None;
     }
     let target: Version = env.get("TARGET_VERSION")?.parse().ok()?;
-    bin_dir.join(format!("etcdctl-{target}")).exists().then_some(target)
+    Bundle::is_executable(&Bundle::in_dir(bin_dir).etcdctl(target)).then_some(target)
 }
 
 /// The newest of `BUNDLED_VERSIONS`, else of the `etcd-X.Y.Z` in the bin dir.
@@ -148,7 +148,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for version in ["3.4.23", "3.5.16"] {
             for tool in ["etcd", "etcdctl"] {
-                std::fs::write(dir.path().join(format!("{tool}-{version}")), "").unwrap();
+                let path = dir.path().join(format!("{tool}-{version}"));
+                std::fs::write(&path, "").unwrap();
+                std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
             }
         }
         dir

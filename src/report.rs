@@ -115,13 +115,13 @@ struct PeerStatus {
 
 /// What each peer says of itself, for a member of a cluster (none for a single member).
 fn peer_statuses(config: &Config) -> Vec<PeerStatus> {
-    if !config.is_cluster_member {
+    if !config.is_cluster_member() {
         return Vec::new();
     }
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
         return Vec::new();
     };
-    let answers = runtime.block_on(cluster::ask_peers_of(config));
+    let answers = runtime.block_on(cluster::ask(&config.peers, &config.peer_tls));
     answers
         .0
         .into_iter()

@@ -6,6 +6,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -107,16 +108,43 @@ fn under_ci_a_test_is_not_run_exactly_when_a_release_it_needs_is_absent() {
 #[test]
 fn a_release_counts_as_present_only_with_every_tool_it_ships() {
     let dir = TempDir::new("releases");
-    for tool in ["etcd-3.4.23", "etcdctl-3.4.23", "etcd-3.5.16", "etcdctl-3.5.16", "etcdctl-3.3.25"] {
-        fs::write(dir.join(tool), b"").unwrap();
+    let tool = |name: &str, mode: u32| {
+        fs::write(dir.join(name), b"").unwrap();
+        fs::set_permissions(dir.join(name), fs::Permissions::from_mode(mode)).unwrap();
+    };
+    for name in ["etcd-3.4.23", "etcdctl-3.4.23", "etcd-3.5.16", "etcdctl-3.5.16", "etcdctl-3.3.25"] {
+        tool(name, 0o755);
     }
+    tool("etcdutl-3.5.16", 0o644);
     assert_eq!(
         missing_releases(dir.path(), &["3.3.25", "3.4.23", "3.5.16", "3.9.0"]),
         ["3.3.25", "3.5.16", "3.9.0"],
-        "3.3.25 lacks etcd, 3.5.16 its etcdutl, 3.9.0 everything"
+        "3.3.25 lacks etcd, 3.5.16 an executable etcdutl, 3.9.0 everything"
     );
-    fs::write(dir.join("etcdutl-3.5.16"), b"").unwrap();
+    // The scripts ask the same question of the binary (`tests/run.sh`, `image/fetch-etcd.sh`).
+    let releases = |versions: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_etcd-migrate"))
+            .args(["releases", "--bin-dir"])
+            .arg(dir.path())
+            .args(versions)
+            .output()
+            .unwrap()
+    };
+    let asked = releases(&["3.4.23", "3.5.16"]);
+    assert_eq!(asked.status.code(), Some(1), "{asked:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&asked.stdout),
+        "3.4.23 present: etcd etcdctl\n3.5.16 missing: etcdutl\n"
+    );
+    tool("etcdutl-3.5.16", 0o755);
     assert_eq!(missing_releases(dir.path(), &["3.4.23", "3.5.16"]), Vec::<&str>::new());
+    let listed = releases(&[]);
+    assert!(listed.status.success(), "{listed:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout),
+        "3.4.23 present: etcd etcdctl\n3.5.16 present: etcd etcdctl etcdutl\n",
+        "every etcd-X.Y.Z in the bin dir, oldest first"
+    );
 }
 
 /// `name=(a b c)` in `image/fetch-etcd.sh`.

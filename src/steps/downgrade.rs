@@ -18,7 +18,6 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::{Context, Proof, StepError, keyspace, logical_copy, swap_in};
-use crate::client::TlsFiles;
 use crate::client::v3::LATEST;
 use crate::config::DowngradeMethod;
 use crate::data_dir::journal::Journal;
@@ -66,9 +65,9 @@ async fn by_snapshot(
     let etcd = ctx.start_healthy(source, Storage::Etcd3, ctx.data_dir.path()).await?;
     let (before, read_at) = keyspace(&etcd, LATEST).await?;
     faults::pause_async("downgrade-source-read").await;
-    let tls = TlsFiles::from_etcd_args(&config.extra_args);
+    let tls = &config.client_tls;
     Etcdctl::new(config.bundle.etcdctl(source), source)
-        .snapshot_save(etcd.endpoint().base_url(), &tls, &snapshot, ETCDCTL_TIMEOUT)
+        .snapshot_save(etcd.endpoint().base_url(), tls, &snapshot, ETCDCTL_TIMEOUT)
         .await?;
     ctx.stop(etcd).await?;
     info!(from = %from, keys = before.keys.count, "snapshot taken with etcd {source}");

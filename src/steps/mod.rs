@@ -173,7 +173,7 @@ impl Context<'_> {
     pub async fn start_spec_healthy(&self, spec: EtcdSpec) -> Result<EtcdProcess, StepError> {
         let mut etcd = EtcdProcess::start(spec).await?;
         let timeout = self.config.health_timeout;
-        if self.config.is_cluster_member {
+        if self.config.is_cluster_member() {
             let deadline = Instant::now() + timeout;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -197,7 +197,7 @@ impl Context<'_> {
 
     /// What every peer says of itself now, asked with this member's peer TLS files.
     pub async fn ask_peers(&self) -> PeerVersions {
-        cluster::ask_peers_of(self.config).await
+        cluster::ask(&self.config.peers, &self.config.peer_tls).await
     }
 
     async fn report_quorum(&self, version: Version) {
@@ -219,7 +219,7 @@ impl Context<'_> {
     /// against it. A peer that does not answer, or runs an older minor, ends the wait at once: the
     /// cluster stays where it is, and the next step's check says so.
     pub async fn settle_cluster_version(&self, etcd: &EtcdProcess) {
-        if !self.config.is_cluster_member {
+        if !self.config.is_cluster_member() {
             return;
         }
         let own = etcd.spec().version.minor();
