@@ -2,8 +2,9 @@
 //! release being present (every tool it ships, as an executable file named `<tool>-X.Y.Z`).
 //!
 //! Everything that asks whether a release is here asks this module: preflight and the multi-call roles
-//! in the binary, the tests and the benchmark through the library, and `image/fetch-etcd.sh` and
-//! `tests/run.sh` through `etcd-migrate releases`, which an operator can run on an image too.
+//! in the binary, the tests and the benchmark through the library, and `image/fetch-etcd.sh`,
+//! `tests/run.sh` and `rehearse.sh` through `etcd-migrate releases`, which an operator can run on an
+//! image too.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -4,9 +4,10 @@
 //!    Kubernetes etcd image used, and fills in each default. That one definition also makes `--help` and
 //!    `--list-options` (which the manifest tests check against). Nothing else is read; paths stay
 //!    `PathBuf` and etcd's own flags `OsString`.
-//! 2. [`resolve`]: the I/O and the derived values: the bundled releases found in the bin dir, the
-//!    hostname behind the default member name, the hidden etcd's ports and URLs. Another front end can
-//!    build [`Args`] its own way and resolve it the same.
+//! 2. [`resolve`]: the I/O and the derived values, once: the bundled releases ([`Bundle`]), the
+//!    [`Target`] against them, where backups go (`backup::policy`, which reads the mounts), whether this
+//!    is a member of a cluster, the hostname behind the default member name, the hidden etcd's ports, URLs
+//!    and flags. Another front end can build [`Args`] its own way and resolve it the same.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -187,7 +188,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: Format,
 
-    /// Output format of plan and status
+    /// Output format of plan, status and releases
     #[arg(long, value_enum, default_value = "text")]
     pub output: Format,
 

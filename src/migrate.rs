@@ -47,7 +47,8 @@ pub enum MigrateError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Nothing in the data dir was written yet: reading, planning, preflight, and the first backup
-    /// (which goes beside the data dir, and removes its partial copy when it fails).
+    /// (beside the data dir or in its state dir; when it fails it takes away its partial copy and the
+    /// dirs it made).
     BeforeAnyChange,
     /// A recovery, a step, `version.txt` or the journal was written (or was being written).
     AfterChange,
