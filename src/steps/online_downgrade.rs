@@ -103,7 +103,7 @@ async fn lower_storage_version(
         ctx.config.is_cluster_member() && v3::versions(etcd.endpoint()).await?.cluster == lowered;
     if !downgrading_to(&status, &lowered) && !cluster_lowered {
         for action in ["validate", "enable"] {
-            etcdctl.downgrade(url, &tls, action, target, ETCDCTL_TIMEOUT).await?;
+            etcdctl.downgrade(url, tls, action, target, ETCDCTL_TIMEOUT).await?;
         }
         info!(target = %target, "downgrade enabled on etcd {source}");
         faults::pause_async("online-downgrade-enabled").await;
