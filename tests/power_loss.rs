@@ -262,13 +262,13 @@ fn power_cut_at_each_durable_point_of_a_rollback_to_etcd2_loses_nothing() {
 }
 
 /// The migrator's own operations of a clean run, as the fault disk counted them: each one a fault can
-/// target, as (op, its number among the ops of its kind, the path).
+/// target, as (op, its number among the ops of its kind on its path, the path).
 fn own_operations(counted: &[fault_fs::Counted]) -> Vec<(Op, u64, String)> {
-    let mut seen: std::collections::BTreeMap<Op, u64> = Default::default();
+    let mut seen: std::collections::BTreeMap<(Op, &str), u64> = Default::default();
     counted
         .iter()
         .map(|c| {
-            let n = seen.entry(c.op).or_default();
+            let n = seen.entry((c.op, c.path.as_str())).or_default();
             *n += 1;
             (c.op, *n, c.path.clone())
         })
@@ -282,16 +282,23 @@ fn own_operations(counted: &[fault_fs::Counted]) -> Vec<(Op, u64, String)> {
 /// under `POWER_CUT_ALL=1`; else the two alternate, over a spread of [`CI_FAULTS`] of them.
 fn faults_to_inject(ops: &[(Op, u64, String)]) -> Vec<(Op, u64, String, i32)> {
     let in_copy = |path: &str| path.contains(".partial/");
-    let last_in_copy: std::collections::BTreeMap<Op, u64> =
-        ops.iter().filter(|(_, _, path)| in_copy(path)).map(|(op, nth, _)| (*op, *nth)).collect();
+    // The position in `ops` of the last operation of each kind on the copy.
+    let last_in_copy: std::collections::BTreeMap<Op, usize> = ops
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, _, path))| in_copy(path))
+        .map(|(at, (op, ..))| (*op, at))
+        .collect();
     let mut first_in_copy = std::collections::BTreeSet::new();
     let mut written = std::collections::BTreeSet::new();
     let targets: Vec<&(Op, u64, String)> = ops
         .iter()
-        .filter(|(op, nth, path)| {
-            let copy_site = !in_copy(path) || first_in_copy.insert(*op) || last_in_copy.get(op) == Some(nth);
+        .enumerate()
+        .filter(|(at, (op, _, path))| {
+            let copy_site = !in_copy(path) || first_in_copy.insert(*op) || last_in_copy.get(op) == Some(at);
             copy_site && (*op != Op::Write || written.insert(path.clone()))
         })
+        .map(|(_, target)| target)
         .collect();
     let all = std::env::var("POWER_CUT_ALL").is_ok_and(|v| v == "1");
     let mut faults = Vec::new();
@@ -333,6 +340,7 @@ fn io_error_sweep(scenario: Scenario, states: &[&str]) -> Option<usize> {
         let before = tree_fingerprint(&data);
         mounted.control.fail(FailRule {
             op: *op,
+            path: path.clone(),
             nth: *nth,
             errno: *errno,
             exe_prefix: "etcd-migrate".into(),

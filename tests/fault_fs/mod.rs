@@ -48,11 +48,13 @@ pub enum Op {
     Mkdir,
 }
 
-/// Fail the `nth` (1-based) operation `op` made by a process whose executable's name starts with
-/// `exe_prefix`, with `errno`.
+/// Fail the `nth` (1-based) operation `op` on `path` made by a process whose executable's name starts
+/// with `exe_prefix`, with `errno`. Counted per path: how many operations of a kind a run makes on other
+/// paths varies (etcd's WAL files, which the migrator syncs, come and go with timing).
 #[derive(Debug, Clone)]
 pub struct FailRule {
     pub op: Op,
+    pub path: String,
     pub nth: u64,
     pub errno: i32,
     pub exe_prefix: String,
@@ -76,8 +78,8 @@ struct Faults {
     points: Vec<String>,
     powered_off: bool,
     rule: Option<FailRule>,
-    /// Per op, how many the rule's processes made.
-    counts: BTreeMap<Op, u64>,
+    /// Per op and path, how many the rule's processes made.
+    counts: BTreeMap<(Op, String), u64>,
     counted: Vec<Counted>,
 }
 
@@ -102,7 +104,13 @@ impl Control {
 
     /// Counts the operations of processes whose executable starts with `exe_prefix` (no failure).
     pub fn count(&self, exe_prefix: &str) {
-        self.fail(FailRule { op: Op::Write, nth: 0, errno: 0, exe_prefix: exe_prefix.into() });
+        self.fail(FailRule {
+            op: Op::Write,
+            path: String::new(),
+            nth: 0,
+            errno: 0,
+            exe_prefix: exe_prefix.into(),
+        });
     }
 
     pub fn durable_points(&self) -> u64 {
@@ -646,10 +654,10 @@ impl FaultFs {
         if !executable(req.pid()).starts_with(&rule.exe_prefix) {
             return Ok(());
         }
-        let count = faults.counts.entry(op).or_default();
-        *count += 1;
-        let failed = op == rule.op && *count == rule.nth;
         let path = self.state().path(id);
+        let count = faults.counts.entry((op, path.clone())).or_default();
+        *count += 1;
+        let failed = op == rule.op && path == rule.path && *count == rule.nth;
         faults.counted.push(Counted { op, path, failed });
         if failed { Err(Errno::from_i32(rule.errno)) } else { Ok(()) }
     }
