@@ -88,6 +88,18 @@ fn the_fault_filesystem_forgets_what_was_not_made_durable() {
     assert!(!mounted.mountpoint.join("b").exists());
 }
 
+/// A fault targets an operation by its path, so what differs from run to run in a path is masked.
+#[test]
+fn paths_that_differ_from_run_to_run_are_named_alike() {
+    let stable = |path: &str| fault_fs::stable_path(path.into());
+    assert_eq!(stable("/data/.etcd-migrate-write-probe-4711"), "/data/.etcd-migrate-write-probe-*");
+    assert_eq!(
+        stable("/b/data-backup-3.3.25-etcd3-20261203T195417Z.partial/member/snap/db"),
+        "/b/data-backup-3.3.25-etcd3-*.partial/member/snap/db"
+    );
+    assert_eq!(stable("/data/member/wal/0.tmp"), "/data/member/wal/0.tmp");
+}
+
 /// A fault disk holding a copy of `scenario`'s template, mounted in `dir`.
 fn disk_with(dir: &TempDir, scenario: &Scenario) -> Option<fault_fs::Mounted> {
     FaultFs::format(&dir.join("disk"), Some(scenario.template.path()));

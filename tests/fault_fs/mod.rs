@@ -48,6 +48,26 @@ pub enum Op {
     Mkdir,
 }
 
+/// `path` as rules name it, the same in every run: what differs from run to run is written `*` (the
+/// PID in the migrator's preflight write probe, `.etcd-migrate-write-probe-<pid>`, and the UTC time in a
+/// backup's name, `…-backup-<label>-<YYYYMMDD>T<HHMMSS>Z`).
+pub fn stable_path(path: String) -> String {
+    const PROBE: &str = ".etcd-migrate-write-probe-";
+    if let Some(at) = path.find(PROBE) {
+        return format!("{}*", &path[..at + PROBE.len()]);
+    }
+    let bytes = path.as_bytes();
+    let digits =
+        |range: std::ops::Range<usize>| bytes.get(range).is_some_and(|b| b.iter().all(u8::is_ascii_digit));
+    let stamp = (8..bytes.len()).find(|&t| {
+        bytes[t] == b'T' && digits(t - 8..t) && digits(t + 1..t + 7) && bytes.get(t + 7) == Some(&b'Z')
+    });
+    match stamp {
+        Some(t) => format!("{}*{}", &path[..t - 8], &path[t + 8..]),
+        None => path,
+    }
+}
+
 /// Fail the `nth` (1-based) operation `op` on `path` made by a process whose executable's name starts
 /// with `exe_prefix`, with `errno`. Counted per path: how many operations of a kind a run makes on other
 /// paths varies (etcd's WAL files, which the migrator syncs, come and go with timing).
@@ -654,7 +674,7 @@ impl FaultFs {
         if !executable(req.pid()).starts_with(&rule.exe_prefix) {
             return Ok(());
         }
-        let path = self.state().path(id);
+        let path = stable_path(self.state().path(id));
         let count = faults.counts.entry((op, path.clone())).or_default();
         *count += 1;
         let failed = op == rule.op && path == rule.path && *count == rule.nth;
