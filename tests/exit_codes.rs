@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use etcd_migrate::data_dir::{db_path, journal, journal_path};
 use etcd_migrate::version::Version;
 use etcd_migrate::{backup, bbolt};
+use support::scenarios::copy_tree;
 use support::*;
 
 fn peer_url() -> String {
@@ -17,17 +18,19 @@ fn peer_url() -> String {
 }
 
 /// Runs `migrator` on `dir/data` to `target` and checks the side of the contract where nothing was
-/// changed: exit 2, a message containing `says`, the data dir byte for byte as it was, and nothing (no
-/// backup, not even a partial one) beside it.
-fn assert_exits_2_and_nothing_changed(dir: &TempDir, migrator: Migrator, target: &str, says: &str) {
-    let before = tree_fingerprint(&dir.join("data"));
+/// changed: exit 2, a message containing `says`, the data dir byte for byte as it was, and nothing new
+/// (no backup, not even a partial one) beside it. Returns the message.
+fn assert_exits_2_and_nothing_changed(dir: &TempDir, migrator: Migrator, target: &str, says: &str) -> String {
+    let entries =
+        || -> Vec<_> { fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect() };
+    let (before, beside_before) = (tree_fingerprint(&dir.join("data")), entries());
     let output = migrator.args(&["--target-version", target, "--migrate-only"]).run();
     let message = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{message}");
     assert!(message.contains(says), "{message}");
-    assert_eq!(tree_fingerprint(&dir.join("data")), before, "the data dir changed");
-    let beside: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(beside, ["data"], "nothing was left beside the data dir");
+    assert_eq!(tree_fingerprint(&dir.join("data")), before, "the data dir changed: {message}");
+    assert_eq!(entries(), beside_before, "nothing was left beside the data dir: {message}");
+    message
 }
 
 #[test]
@@ -150,19 +153,10 @@ fn every_refusal_exits_2_with_the_data_dir_byte_identical_folders_included() {
     for (what, target, says, setup) in refusals {
         let dir = TempDir::new("exit-walk");
         let data = dir.join("data");
-        copy_dir(&source.join("data"), &data);
+        copy_tree(&source.join("data"), &data);
         let (migrator, _held) = setup(&dir, &data, Migrator::new(&data, &peer));
-        let beside_before: Vec<_> =
-            fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
-        let before = tree_fingerprint(&data);
-        let output = migrator.args(&["--target-version", target, "--migrate-only"]).run();
-        let message = stderr(&output);
-        assert_eq!(output.status.code(), Some(2), "{what}: {message}");
-        assert!(message.contains(says), "{what}: {message}");
+        let message = assert_exits_2_and_nothing_changed(&dir, migrator, target, says);
         assert_eq!(message.trim().lines().count(), 1, "{what}: one line: {message}");
-        assert_eq!(tree_fingerprint(&data), before, "{what}: the data dir changed");
-        let beside: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert_eq!(beside, beside_before, "{what}: something was left beside the data dir");
     }
 }
 

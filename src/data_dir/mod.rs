@@ -6,6 +6,9 @@
 //! dir keeps them on the same file system as `member/`, so swapping a rebuilt member in is one atomic
 //! rename, and a crash can never leave a data dir that looks fresh while a step is unfinished.
 
+pub mod journal;
+pub mod version_file;
+
 use std::cell::Cell;
 use std::fs::{self, File, TryLockError};
 use std::io;
@@ -15,9 +18,6 @@ use std::path::{Path, PathBuf};
 
 use crate::bbolt;
 use crate::version::{EtcdState, Minor, Storage, Version};
-pub mod journal;
-pub mod version_file;
-
 use version_file::VersionFileError;
 
 pub const STATE_DIR: &str = ".etcd-migrate";

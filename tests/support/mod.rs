@@ -66,8 +66,8 @@ pub fn missing_releases<'a>(dir: &Path, versions: &[&'a str]) -> Vec<&'a str> {
 /// The newest patch of `minor` (`"3.5"`) in the bin dir: the release the migrator leaves that minor from
 /// (and reads a downgrade's data with), whichever releases this machine has.
 pub fn newest_bundled_patch(minor: &str) -> String {
-    let bundle = Bundle::scan(&etcd_bin_dir()).unwrap();
-    let newest = bundle.versions().iter().filter(|version| version.minor().to_string() == minor).max();
+    let of_minor: etcd_migrate::version::Version = format!("{minor}.0").parse().unwrap();
+    let newest = Bundle::scan(&etcd_bin_dir()).unwrap().newest_patch(of_minor.minor());
     newest.unwrap_or_else(|| panic!("no etcd {minor}.x in the bin dir")).to_string()
 }
 
@@ -363,12 +363,6 @@ pub fn make_etcd3_data_without_version_file(
     let etcd = TestEtcd::start_with(version, data_dir, name, peer_url, &[]);
     put_all(&etcd, keys);
     etcd.stop();
-}
-
-/// A copy of the tree `from` at `to`, modes and all.
-pub fn copy_dir(from: &Path, to: &Path) {
-    let copied = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
-    assert!(copied.success(), "cp -a {} {}", from.display(), to.display());
 }
 
 /// Every file under `dir` with a hash of its content (and symlinks/dirs by kind), for "nothing changed".
