@@ -5,6 +5,9 @@
 //! cross-check `version.txt` against the data itself. Only what that needs is implemented: the meta pages,
 //! branch and leaf pages, overflow, and inline buckets; every offset is bounds-checked, so a damaged
 //! file is an error, never a panic or an endless walk.
+//!
+//! bbolt writes its pages in the byte order of the machine that wrote them: a db from s390x is
+//! big-endian. The order is read from the first meta page's magic, and every number is read in it.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -33,18 +36,62 @@ pub enum BboltError {
     Corrupt { path: PathBuf, reason: String },
 }
 
-/// An open database: the file and the root of its newest valid transaction.
+/// The byte order of the machine that wrote the file.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ByteOrder {
+    Little,
+    Big,
+}
+
+impl ByteOrder {
+    /// The order in which `magic`'s four bytes spell bbolt's magic number, if either does.
+    fn of_magic(magic: [u8; 4]) -> Option<ByteOrder> {
+        if u32::from_le_bytes(magic) == MAGIC {
+            Some(ByteOrder::Little)
+        } else if u32::from_be_bytes(magic) == MAGIC {
+            Some(ByteOrder::Big)
+        } else {
+            None
+        }
+    }
+
+    /// The `N` bytes at `at` as a number in this order; 0 past the end (the callers bounds-check).
+    fn number<const N: usize>(self, bytes: &[u8], at: usize) -> u64 {
+        let Some(field) = at.checked_add(N).and_then(|end| bytes.get(at..end)) else { return 0 };
+        let fold = |value: u64, &byte: &u8| value << 8 | byte as u64;
+        match self {
+            ByteOrder::Big => field.iter().fold(0, fold),
+            ByteOrder::Little => field.iter().rev().fold(0, fold),
+        }
+    }
+
+    fn u16_at(self, bytes: &[u8], at: usize) -> u16 {
+        self.number::<2>(bytes, at) as u16
+    }
+
+    fn u32_at(self, bytes: &[u8], at: usize) -> u32 {
+        self.number::<4>(bytes, at) as u32
+    }
+
+    fn u64_at(self, bytes: &[u8], at: usize) -> u64 {
+        self.number::<8>(bytes, at)
+    }
+}
+
+/// An open database: the file, its byte order and the root of its newest valid transaction.
 struct Db {
     file: File,
     path: PathBuf,
+    order: ByteOrder,
     page_size: usize,
     page_count: u64,
     root: u64,
 }
 
-/// A page's bytes (including overflow pages) or an inline bucket's page.
+/// A page's bytes (including overflow pages) or an inline bucket's page, and the file's byte order.
 struct Page {
     bytes: Vec<u8>,
+    order: ByteOrder,
 }
 
 /// Where a bucket's tree starts.
@@ -58,10 +105,26 @@ impl Db {
         let file = File::open(path).map_err(|source| BboltError::Io { path: path.to_path_buf(), source })?;
         let len =
             file.metadata().map_err(|source| BboltError::Io { path: path.to_path_buf(), source })?.len();
-        let mut db = Db { file, path: path.to_path_buf(), page_size: 4096, page_count: 0, root: 0 };
+        let mut db = Db {
+            file,
+            path: path.to_path_buf(),
+            order: ByteOrder::Little,
+            page_size: 4096,
+            page_count: 0,
+            root: 0,
+        };
         let mut first = vec![0u8; PAGE_HEADER + 64];
         db.read_at(&mut first, 0)?;
-        let page_size = u32_at(&first, PAGE_HEADER + 8) as usize;
+        // The first meta page's magic gives the order; when it is damaged, the second's (at bbolt's
+        // default page size, as bbolt itself looks for it).
+        let mut magic = [0u8; 4];
+        magic.copy_from_slice(&first[PAGE_HEADER..PAGE_HEADER + 4]);
+        let mut order = ByteOrder::of_magic(magic);
+        if order.is_none() && db.read_at(&mut magic, 4096 + PAGE_HEADER as u64).is_ok() {
+            order = ByteOrder::of_magic(magic);
+        }
+        db.order = order.ok_or_else(|| db.corrupt("neither meta page has bbolt's magic".into()))?;
+        let page_size = db.order.u32_at(&first, PAGE_HEADER + 8) as usize;
         if !(512..=MAX_PAGE_SIZE).contains(&page_size) || !page_size.is_power_of_two() {
             return Err(db.corrupt(format!("page size {page_size}")));
         }
@@ -83,14 +146,17 @@ impl Db {
         let mut page = vec![0u8; PAGE_HEADER + 64];
         self.read_at(&mut page, id * self.page_size as u64)?;
         let meta = &page[PAGE_HEADER..];
-        if u16_at(&page, 8) & META_PAGE == 0 || u32_at(meta, 0) != MAGIC || u32_at(meta, 4) != FORMAT_VERSION
+        let order = self.order;
+        if order.u16_at(&page, 8) & META_PAGE == 0
+            || order.u32_at(meta, 0) != MAGIC
+            || order.u32_at(meta, 4) != FORMAT_VERSION
         {
             return Err(self.corrupt(format!("meta page {id} has no bbolt magic")));
         }
-        if fnv64a(&meta[..56]) != u64_at(meta, 56) {
+        if fnv64a(&meta[..56]) != order.u64_at(meta, 56) {
             return Err(self.corrupt(format!("meta page {id} fails its checksum")));
         }
-        Ok((u64_at(meta, 48), u64_at(meta, 16)))
+        Ok((order.u64_at(meta, 48), order.u64_at(meta, 16)))
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BboltError> {
@@ -111,19 +177,19 @@ impl Db {
         let offset = id * self.page_size as u64;
         let mut header = [0u8; PAGE_HEADER];
         self.read_at(&mut header, offset)?;
-        let pages = 1 + u32_at(&header, 12) as u64;
+        let pages = 1 + self.order.u32_at(&header, 12) as u64;
         if id + pages > self.page_count {
             return Err(self.corrupt(format!("page {id} overflows the file")));
         }
         let mut bytes = vec![0u8; pages as usize * self.page_size];
         self.read_at(&mut bytes, offset)?;
-        Ok(Page { bytes })
+        Ok(Page { bytes, order: self.order })
     }
 
     fn root_page(&self, root: &Root) -> Result<Page, BboltError> {
         match root {
             Root::Page(id) => self.page(*id),
-            Root::Inline(page) => Ok(Page { bytes: page.bytes.clone() }),
+            Root::Inline(page) => Ok(Page { bytes: page.bytes.clone(), order: page.order }),
         }
     }
 
@@ -190,8 +256,8 @@ impl Db {
         if flags & BUCKET_LEAF == 0 || value.len() < BUCKET_HEADER {
             return Err(self.corrupt(format!("{} is not a bucket", String::from_utf8_lossy(name))));
         }
-        match u64_at(&value, 0) {
-            0 => Ok(Some(Root::Inline(Page { bytes: value[BUCKET_HEADER..].to_vec() }))),
+        match self.order.u64_at(&value, 0) {
+            0 => Ok(Some(Root::Inline(Page { bytes: value[BUCKET_HEADER..].to_vec(), order: self.order }))),
             id => Ok(Some(Root::Page(id))),
         }
     }
@@ -199,12 +265,12 @@ impl Db {
 
 impl Page {
     fn flags(&self) -> u16 {
-        u16_at(&self.bytes, 8)
+        self.order.u16_at(&self.bytes, 8)
     }
 
     /// Offsets of this page's elements, checked to lie within it.
     fn elements(&self, db: &Db) -> Result<impl Iterator<Item = usize>, BboltError> {
-        let count = u16_at(&self.bytes, 10) as usize;
+        let count = self.order.u16_at(&self.bytes, 10) as usize;
         if PAGE_HEADER + count * ELEMENT > self.bytes.len() {
             return Err(db.corrupt(format!("page claims {count} elements")));
         }
@@ -221,40 +287,30 @@ impl Page {
     /// Branch elements: pos, ksize, pgid. Leaf elements: flags, pos, ksize, vsize. `pos` counts from the
     /// element itself.
     fn key(&self, db: &Db, element: usize) -> Result<&[u8], BboltError> {
+        let order = self.order;
         let (pos, ksize) = if self.flags() & LEAF_PAGE != 0 {
-            (u32_at(&self.bytes, element + 4), u32_at(&self.bytes, element + 8))
+            (order.u32_at(&self.bytes, element + 4), order.u32_at(&self.bytes, element + 8))
         } else {
-            (u32_at(&self.bytes, element), u32_at(&self.bytes, element + 4))
+            (order.u32_at(&self.bytes, element), order.u32_at(&self.bytes, element + 4))
         };
         self.slice(db, element + pos as usize, ksize as usize)
     }
 
     fn value(&self, db: &Db, element: usize) -> Result<&[u8], BboltError> {
-        let pos = u32_at(&self.bytes, element + 4) as usize;
-        let ksize = u32_at(&self.bytes, element + 8) as usize;
-        let vsize = u32_at(&self.bytes, element + 12) as usize;
+        let order = self.order;
+        let pos = order.u32_at(&self.bytes, element + 4) as usize;
+        let ksize = order.u32_at(&self.bytes, element + 8) as usize;
+        let vsize = order.u32_at(&self.bytes, element + 12) as usize;
         self.slice(db, element + pos + ksize, vsize)
     }
 
     fn leaf_flags(&self, element: usize) -> u32 {
-        u32_at(&self.bytes, element)
+        self.order.u32_at(&self.bytes, element)
     }
 
     fn child(&self, element: usize) -> u64 {
-        u64_at(&self.bytes, element + 8)
+        self.order.u64_at(&self.bytes, element + 8)
     }
-}
-
-fn u16_at(bytes: &[u8], at: usize) -> u16 {
-    bytes.get(at..at + 2).map_or(0, |b| u16::from_le_bytes(b.try_into().unwrap()))
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    bytes.get(at..at + 4).map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()))
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    bytes.get(at..at + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
 }
 
 fn fnv64a(bytes: &[u8]) -> u64 {
