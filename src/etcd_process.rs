@@ -31,8 +31,20 @@ const HEALTH_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 const LOG_LINES_KEPT: usize = 50;
 /// How long an exited etcd's last output may take to drain from its pipes into the log.
 const LOG_DRAIN: Duration = Duration::from_secs(1);
-/// The variable etcd before 3.5 requires on an architecture it does not support (arm64 among them).
+/// The variable etcd requires, naming the architecture, on one it does not support.
 const UNSUPPORTED_ARCH: &str = "ETCD_UNSUPPORTED_ARCH";
+/// This machine's architecture as Go names it (`GOARCH`), where some etcd release refuses to start
+/// without `ETCD_UNSUPPORTED_ARCH` naming it: arm64 and s390x before 3.5, 32-bit arm in every release.
+/// amd64 and ppc64le are supported by every release.
+const UNSUPPORTED_GOARCH: Option<&str> = if cfg!(target_arch = "aarch64") {
+    Some("arm64")
+} else if cfg!(target_arch = "arm") {
+    Some("arm")
+} else if cfg!(target_arch = "s390x") {
+    Some("s390x")
+} else {
+    None
+};
 /// How long a dropped (never stopped) etcd gets between SIGTERM and SIGKILL.
 const DROP_GRACE: Duration = Duration::from_secs(5);
 
@@ -117,8 +129,8 @@ pub struct EtcdProcess {
 impl EtcdProcess {
     /// Starts etcd. The environment is ours minus every `ETCD_*` variable: etcd 3.4 and later refuse to
     /// start when an option comes both as a flag and from the environment, and manifests set several.
-    /// `ETCD_UNSUPPORTED_ARCH` stays (it has no flag), and on arm64 is set when unset: etcd's own arm64
-    /// builds before 3.5 refuse to start without it.
+    /// `ETCD_UNSUPPORTED_ARCH` stays (it has no flag), and is set when unset on an architecture some
+    /// etcd release refuses to start on without it ([`UNSUPPORTED_GOARCH`]).
     pub async fn start(spec: EtcdSpec) -> Result<EtcdProcess, EtcdError> {
         for url in spec.listen_client_urls.split(',').chain(spec.listen_peer_urls.split(',')) {
             ensure_port_free(url.trim())?;
@@ -136,8 +148,10 @@ impl EtcdProcess {
                 command.env_remove(key);
             }
         }
-        if cfg!(target_arch = "aarch64") && std::env::var_os(UNSUPPORTED_ARCH).is_none() {
-            command.env(UNSUPPORTED_ARCH, "arm64");
+        if let Some(goarch) = UNSUPPORTED_GOARCH
+            && std::env::var_os(UNSUPPORTED_ARCH).is_none()
+        {
+            command.env(UNSUPPORTED_ARCH, goarch);
         }
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: prctl and getppid are async-signal-safe and touch no memory of ours.
