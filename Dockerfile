@@ -10,7 +10,7 @@
 #
 # Where no registry can be reached, stage locally and build the same final stage from the staged dir:
 #   image/stage.sh --source packages OUT && docker build -f image/Dockerfile.staged OUT
-# or both architectures as one OCI archive: image/build-index.sh (README, "Two architectures").
+# or every architecture as one OCI archive: image/build-index.sh (README, "Five architectures").
 ARG BUILDPLATFORM=linux/amd64
 FROM --platform=$BUILDPLATFORM rust:1-bookworm AS builder
 ARG TARGETARCH

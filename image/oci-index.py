@@ -13,7 +13,7 @@ same digests. Prints the index's digest.
 
 The archive's top-level index.json names the image index `NAME:TAG` (org.opencontainers.image.ref.name
 and io.containerd.image.name): `skopeo copy --all oci-archive:OUT.tar docker://REGISTRY/NAME:TAG` pushes
-both architectures, `skopeo copy oci-archive:OUT.tar docker-daemon:NAME:TAG` loads this machine's.
+every architecture, `skopeo copy oci-archive:OUT.tar docker-daemon:NAME:TAG` loads this machine's.
 """
 
 import argparse
@@ -27,7 +27,10 @@ import tarfile
 import tempfile
 
 PLATFORMS = {"amd64": {"architecture": "amd64", "os": "linux"},
-             "arm64": {"architecture": "arm64", "os": "linux", "variant": "v8"}}
+             "arm64": {"architecture": "arm64", "os": "linux", "variant": "v8"},
+             "arm": {"architecture": "arm", "os": "linux", "variant": "v7"},
+             "ppc64le": {"architecture": "ppc64le", "os": "linux"},
+             "s390x": {"architecture": "s390x", "os": "linux"}}
 
 
 def layer_tar(rootfs):

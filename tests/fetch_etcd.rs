@@ -5,7 +5,7 @@
 mod support;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use support::*;
@@ -122,4 +122,151 @@ fn an_archive_whose_tools_report_another_release_is_not_cached() {
     let said = stderr_lines(&output);
     assert!(said.iter().any(|line| line.contains("does not report version 3.5.16")), "{said:?}");
     assert_eq!(fs::read_dir(&cache).unwrap().count(), 0, "nothing cached that claims to be 3.5.16");
+}
+
+/// Runs `image/NAME` with `args` and `env`, every proxy pointed at a closed port: nothing but a local
+/// (`file:`) apt repository can serve it.
+fn offline(name: &str, args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut command = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("image").join(name));
+    command.args(args).env("ETCD_MIGRATE", env!("CARGO_BIN_EXE_etcd-migrate")).env_remove("DEBIAN_MIRROR");
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    for proxy in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"] {
+        command.env(proxy, &closed);
+    }
+    command.envs(env.iter().map(|(key, value)| (key, value)));
+    command.output().unwrap()
+}
+
+/// The .debs of `packages` (name, version prefix) for amd64, as the scripts keep what they download
+/// (`image/debian-download.sh`'s DEBS_CACHE), downloaded there from bookworm through the machine's
+/// archive if the cache does not hold them yet.
+fn downloaded_debs(packages: &[(&str, &str)]) -> Vec<PathBuf> {
+    let cache = std::env::var_os("DEBS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/etcd-migrate/debs"));
+    let find = |(name, version): &(&str, &str)| {
+        fs::read_dir(&cache).ok()?.map(|entry| entry.unwrap().path()).find(|path| {
+            let file = path.file_name().unwrap().to_string_lossy();
+            file.starts_with(&format!("{name}_{version}")) && file.ends_with("_amd64.deb")
+        })
+    };
+    if !packages.iter().all(|package| find(package).is_some()) {
+        let dir = TempDir::new("debs");
+        let wanted: Vec<String> =
+            packages.iter().map(|(name, version)| format!("{name}={version}*")).collect();
+        let status = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("image/debian-download.sh"))
+            .args(["bookworm", "amd64"])
+            .arg(dir.path())
+            .args(&wanted)
+            .env("DEBS_CACHE", &cache)
+            .status()
+            .unwrap();
+        assert!(status.success(), "the machine's Debian archive serves {wanted:?}");
+    }
+    packages.iter().map(|package| find(package).expect("downloaded")).collect()
+}
+
+/// The one file of the .deb at `deb` at `path`, unpacked under `dir`.
+fn file_of_deb(deb: &Path, path: &str, dir: &Path) -> Vec<u8> {
+    assert!(Command::new("dpkg").arg("-x").arg(deb).arg(dir).status().unwrap().success());
+    fs::read(dir.join(path)).unwrap()
+}
+
+#[test]
+fn the_scripts_take_debian_from_a_local_apt_repository_named_by_debian_mirror_or_the_apt_sources() {
+    let debs =
+        downloaded_debs(&[("etcd-server", "3.4.23"), ("etcd-client", "3.4.23"), ("busybox-static", "")]);
+    // A local apt repository of those packages: bookworm's amd64 index, made by dpkg-scanpackages.
+    let dir = TempDir::new("local-apt");
+    let repo = dir.join("repo");
+    fs::create_dir_all(repo.join("pool")).unwrap();
+    for deb in &debs {
+        fs::copy(deb, repo.join("pool").join(deb.file_name().unwrap())).unwrap();
+    }
+    let index =
+        Command::new("dpkg-scanpackages").args(["--multiversion", "pool"]).current_dir(&repo).output();
+    let index = index.expect("dpkg-scanpackages (dpkg-dev) is installed");
+    assert!(index.status.success(), "{}", String::from_utf8_lossy(&index.stderr));
+    let packages = repo.join("dists/bookworm/main/binary-amd64");
+    fs::create_dir_all(&packages).unwrap();
+    fs::write(packages.join("Packages"), &index.stdout).unwrap();
+    let uri = format!("file:{}", repo.display());
+    let path = |name: &str| dir.join(name).display().to_string();
+
+    // DEBIAN_MIRROR names it (unsigned: trusted): fetch-etcd.sh takes etcd 3.4.23 from it, offline.
+    let output = offline(
+        "fetch-etcd.sh",
+        &["3.4.23"],
+        &[
+            ("ETCD_CACHE", path("cache")),
+            ("DEBS_CACHE", path("debs-cache")),
+            ("DEBIAN_MIRROR", format!("[trusted=yes] {uri}")),
+        ],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let unpacked = dir.join("unpacked");
+    for tool in ["etcd", "etcdctl"] {
+        let deb = if tool == "etcd" { &debs[0] } else { &debs[1] };
+        assert_eq!(
+            fs::read(dir.join("cache").join(format!("{tool}-3.4.23"))).unwrap(),
+            file_of_deb(deb, &format!("usr/bin/{tool}"), &unpacked),
+            "{tool} 3.4.23 is the local repository's"
+        );
+    }
+
+    // No DEBIAN_MIRROR: the machine's apt sources (here APT_CONFIG's), a one-line list whose only entry
+    // is not Debian's and a deb822 .sources naming the local repository; stage.sh takes busybox from it.
+    let parts = dir.join("sources.list.d");
+    fs::create_dir_all(&parts).unwrap();
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    fs::write(dir.join("sources.list"), format!("deb [arch=amd64] {closed}/nodesource nodistro main\n"))
+        .unwrap();
+    fs::write(
+        parts.join("debian.sources"),
+        format!("# the archive\nTypes: deb\nURIs: {uri}\nSuites: bookworm bookworm-updates\nComponents: main\nTrusted: yes\n"),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("apt.conf"),
+        format!(
+            "Dir::Etc::sourcelist \"{}\";\nDir::Etc::sourceparts \"{}\";\n",
+            path("sources.list"),
+            parts.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.join("staged");
+    let output = offline(
+        "stage.sh",
+        &["--source", "packages", "--binary", env!("CARGO_BIN_EXE_etcd-migrate"), out.to_str().unwrap()],
+        &[
+            ("APT_CONFIG", path("apt.conf")),
+            ("BUNDLED_ETCD_VERSIONS", "3.4.23".into()),
+            ("ETCD_CACHE", path("cache")),
+            ("BUSYBOX_CACHE", path("busybox")),
+            ("DEBS_CACHE", path("debs-cache")),
+        ],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        fs::read(out.join("rootfs/bin/sh")).unwrap(),
+        file_of_deb(&debs[2], "bin/busybox", &unpacked),
+        "/bin/sh is the local repository's busybox"
+    );
+    let kept: Vec<String> = fs::read_dir(dir.join("debs-cache"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept.len(), 3, "every package downloaded is kept: {kept:?}");
+
+    // Neither names a Debian archive: one line saying so and what to set.
+    fs::remove_file(parts.join("debian.sources")).unwrap();
+    let output = offline("debian-archive.py", &[], &[("APT_CONFIG", path("apt.conf"))]);
+    assert_eq!(output.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.contains("no Debian archive among the apt sources") && said.contains("DEBIAN_MIRROR"),
+        "{said}"
+    );
 }

