@@ -402,6 +402,18 @@ mod tests {
         assert_eq!(count_keys(db.path(), b"no-such-bucket").unwrap(), 0);
     }
 
+    /// The same puts by etcd 3.5.30 on s390x (under qemu): bbolt wrote it big-endian.
+    const REAL_BIG_ENDIAN_DB: &[u8] = include_bytes!("../tests/fixtures/etcd-3.5.30-s390x.db");
+
+    #[test]
+    fn reads_a_real_big_endian_db_written_on_s390x() {
+        assert_eq!(REAL_BIG_ENDIAN_DB[PAGE_HEADER..PAGE_HEADER + 4], MAGIC.to_be_bytes());
+        let db = write_db(REAL_BIG_ENDIAN_DB);
+        assert_eq!(cluster_version(db.path()).unwrap(), Some("3.5.0".parse().unwrap()));
+        assert_eq!(count_keys(db.path(), b"key").unwrap(), REAL_REVISIONS);
+        assert_eq!(downgrade_target(db.path()).unwrap(), None);
+    }
+
     #[test]
     fn rejects_files_that_are_not_bbolt_without_panicking() {
         for (name, bytes) in [
