@@ -30,13 +30,31 @@ use sha2::{Digest, Sha256};
 /// `ETCD_RELEASE_MIRROR`, and a test that uses one starts with [`releases_present`].
 pub const REGISTRY_RELEASES: [&str; 5] = ["3.3.25", "3.4.23", "3.5.1", "3.5.16", "3.5.30"];
 
+/// The variable naming the architecture of the releases in `ETCD_BIN_DIR` when it is not amd64
+/// (`tests/architectures.rs` runs its emulated migrations with another's).
+pub const BIN_DIR_ARCH: &str = "ETCD_BIN_DIR_ARCH";
+
+/// The registry releases there are for architecture `arch`, as `image/fetch-etcd.sh --arch` knows them:
+/// Debian built 3.3.25 for amd64, arm64 and arm only, and PyPI's (3.5.1) are for amd64 and arm64.
+pub fn registry_releases(arch: &str) -> Vec<&'static str> {
+    REGISTRY_RELEASES
+        .into_iter()
+        .filter(|version| match arch {
+            "amd64" | "arm64" => true,
+            "arm" => *version != "3.5.1",
+            _ => !["3.3.25", "3.5.1"].contains(version),
+        })
+        .collect()
+}
+
 /// The directory holding etcd-X.Y.Z and etcdctl-X.Y.Z (`ETCD_BIN_DIR`, else `image/fetch-etcd.sh`'s
-/// cache), with every registry release in it.
+/// cache), with every registry release of its architecture in it.
 pub fn etcd_bin_dir() -> PathBuf {
     let dir = std::env::var_os("ETCD_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/etcd-migrate/etcd")
     });
-    let missing = missing_releases(&dir, &REGISTRY_RELEASES);
+    let arch = std::env::var(BIN_DIR_ARCH).unwrap_or_else(|_| "amd64".into());
+    let missing = missing_releases(&dir, &registry_releases(&arch));
     assert!(missing.is_empty(), "no etcd {missing:?} in {}: run image/fetch-etcd.sh", dir.display());
     dir
 }
