@@ -454,16 +454,7 @@ impl Migrator {
         }
         child.wait().unwrap();
         eprintln!("--- etcd-migrate stderr, until {marker:?}:\n{}", lines.join("\n"));
-        let hidden_etcds: Vec<u32> = lines
-            .iter()
-            .filter(|line| line.contains("hidden etcd is healthy"))
-            .filter_map(|line| line.split(" pid=").nth(1)?.parse().ok())
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !hidden_etcds.iter().all(|&pid| process_dead(pid)) {
-            assert!(Instant::now() < deadline, "hidden etcds {hidden_etcds:?} outlived the killed migrator");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_hidden_etcds_dead(&lines.join("\n"));
         killed
     }
 
@@ -486,6 +477,21 @@ impl Migrator {
         ]);
         migrator.command.stderr(Stdio::null());
         KillOnDrop(migrator.command.spawn().unwrap())
+    }
+}
+
+/// Waits until every hidden etcd a killed migrator said it started (`said`: its log) has died of its
+/// parent-death signal too, as a pod's processes are gone before it restarts.
+pub fn wait_hidden_etcds_dead(said: &str) {
+    let hidden_etcds: Vec<u32> = said
+        .lines()
+        .filter(|line| line.contains("hidden etcd is healthy"))
+        .filter_map(|line| line.split(" pid=").nth(1)?.parse().ok())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !hidden_etcds.iter().all(|&pid| process_dead(pid)) {
+        assert!(Instant::now() < deadline, "hidden etcds {hidden_etcds:?} outlived the killed migrator");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -637,6 +643,16 @@ pub struct PausedRun(Option<Child>);
 impl PausedRun {
     pub fn id(&self) -> u32 {
         self.0.as_ref().expect("not waited for yet").id()
+    }
+
+    /// SIGKILLs the paused run, as a node's crash would, and returns its log once it and the hidden
+    /// etcds it started are gone.
+    pub fn kill(mut self) -> String {
+        let mut child = self.0.take().expect("not waited for yet");
+        child.kill().unwrap();
+        let said = stderr(&child.wait_with_output().unwrap());
+        wait_hidden_etcds_dead(&said);
+        said
     }
 
     pub fn wait_with_output(mut self) -> Output {
