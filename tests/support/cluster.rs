@@ -21,6 +21,7 @@ use etcd_migrate::etcd_process::{EtcdProcess, EtcdSpec};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::netns::Network;
 use super::{Certs, KillOnDrop, Migrator, TempDir, block_on, etcd, etcdctl_binary, free_port, start_etcd};
 
 /// How long a member, or the whole cluster, may take to get where a test waits for it, on a busy 2-core
@@ -35,6 +36,8 @@ pub struct Member {
     pub data: PathBuf,
     pub client: String,
     pub peer: String,
+    /// The network namespace the member runs in (its own host), if not the test's.
+    pub netns: Option<String>,
 }
 
 pub struct Cluster {
@@ -115,9 +118,25 @@ impl Cluster {
                 data: dir.join(&format!("m{i}/data")),
                 client: format!("{scheme}://127.0.0.1:{}", free_port()),
                 peer: format!("{scheme}://127.0.0.1:{}", free_port()),
+                netns: None,
             })
             .collect();
         Cluster::of_members(dir, members, certs)
+    }
+
+    /// One member on each host of `network`, each host its own network namespace: etcd's own ports
+    /// on the host's address, plain HTTP.
+    pub fn on_hosts(dir: &TempDir, network: &Network) -> Cluster {
+        let members = (0..network.hosts())
+            .map(|i| Member {
+                name: format!("m{i}"),
+                data: dir.join(&format!("m{i}/data")),
+                client: format!("http://{}:2379", network.address(i)),
+                peer: format!("http://{}:2380", network.address(i)),
+                netns: Some(network.host(i)),
+            })
+            .collect();
+        Cluster::of_members(dir, members, None)
     }
 
     fn of_members(dir: &TempDir, members: Vec<Member>, certs: Option<&Certs>) -> Cluster {
@@ -233,7 +252,12 @@ impl Cluster {
     /// The migrator for `member`, with the member's real identity, TLS and a hidden client URL.
     pub fn migrator(&self, member: &Member, target: &str) -> Migrator {
         let hidden = format!("{}://127.0.0.1:{}", self.scheme, free_port());
-        Migrator::new(&member.data, &member.peer).args(&[
+        let migrator = Migrator::new(&member.data, &member.peer);
+        let migrator = match &member.netns {
+            Some(host) => migrator.in_netns(host),
+            None => migrator,
+        };
+        migrator.args(&[
             "--target-version",
             target,
             "--name",

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod cluster;
+pub mod netns;
 pub mod scenarios;
 
 use std::collections::BTreeMap;
@@ -413,6 +414,21 @@ impl Migrator {
             .args(["--health-timeout", "60s"])
             .stdin(Stdio::null());
         Migrator { command, hidden_client_url: format!("http://127.0.0.1:{hidden_port}") }
+    }
+
+    /// The same run inside network namespace `ns` (`ip netns exec` execs it: the same process), with the
+    /// same arguments and environment; arguments and variables added later go to the migrator too.
+    pub fn in_netns(self, ns: &str) -> Migrator {
+        let inner = self.command;
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns]).arg(inner.get_program()).args(inner.get_args()).env_clear();
+        for (key, value) in inner.get_envs() {
+            if let Some(value) = value {
+                command.env(key, value);
+            }
+        }
+        command.stdin(Stdio::null());
+        Migrator { command, hidden_client_url: self.hidden_client_url }
     }
 
     pub fn args(mut self, args: &[&str]) -> Migrator {
