@@ -5,6 +5,7 @@
 //! packets, and its peers' to it, are dropped, so connections hang rather than being refused.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{cannot_run, test_name};
 
@@ -32,7 +33,10 @@ impl Network {
             assert_eq!(count.parse::<usize>().unwrap(), hosts, "the rerun asks for the same hosts");
             return Some(Network { prefix: prefix.into(), hosts, owner: false });
         }
-        let network = Network { prefix: format!("emt{}", std::process::id()), hosts, owner: true };
+        // Unique per run, and per network within it.
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let prefix = format!("emt{}n{}", std::process::id(), MADE.fetch_add(1, Ordering::Relaxed));
+        let network = Network { prefix, hosts, owner: true };
         if let Err(why) = ip(&["netns", "add", &network.bridge()]) {
             cannot_run(&format!("cannot make network namespaces (needs root): {why}"));
             return None;
