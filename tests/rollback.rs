@@ -110,6 +110,9 @@ fn downgrades_3_5_to_3_3_in_two_steps_then_execs_the_older_etcd() {
     let data = dir.join("data");
     let peer = format!("http://localhost:{}", free_port());
     let (keys, ttls) = leased_fixture("3.5.16", &data, &peer);
+    let etcd = TestEtcd::start_with("3.5.16", &data, "m", &peer, &[]);
+    let before = block_on(current_revision(&etcd.endpoint()));
+    drop(etcd);
 
     let plan = Migrator::new(&data, &peer).args(&["plan", "--target-version", "3.3.25"]).run();
     let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
@@ -121,6 +124,8 @@ fn downgrades_3_5_to_3_3_in_two_steps_then_execs_the_older_etcd() {
     assert_eq!(all_keys("3.3.25", &client), keys);
     let status = etcdctl("3.3.25", &client, &["endpoint", "status", "-w", "json"]);
     assert!(status.contains("\"version\":\"3.3.25\""), "{status}");
+    let endpoint = Endpoint::new(&client, &TlsFiles::default()).unwrap();
+    assert!(block_on(current_revision(&endpoint)) >= before, "snapshot restore keeps the revision");
     assert_eq!(version_txt(&data), "3.3.25/etcd3");
     drop(child);
 

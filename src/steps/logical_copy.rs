@@ -14,8 +14,9 @@
 //! 16028): a resumed watch is answered "compacted" and its client relists, seeing every key. The newest
 //! bundled etcdutl that can ([`restore_bumps_revision`](crate::release::Capabilities)) restores a snapshot
 //! of the copy, which the older target opens (3.4.23 and 3.3.25 with etcdutl 3.5.30, measured); its cost
-//! does not grow with the revision. Without such an etcdutl, the copy's revision is raised through the
-//! API, one transaction per revision, and compacted there.
+//! does not grow with the revision. Without such an etcdutl, or for a target not measured to open what it
+//! writes (3.0–3.2), the copy's revision is raised through the API, one transaction per revision, and
+//! compacted there.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ use crate::etcd_process::EtcdProcess;
 use crate::etcdctl::Etcdctl;
 use crate::faults;
 use crate::progress::{Progress, Unit};
-use crate::release::Tool;
+use crate::release::{self, Tool};
 use crate::verify::{self, ContentsDigest};
 use crate::version::{EtcdState, Storage, Version};
 
@@ -72,7 +73,11 @@ pub async fn rebuild(
     let expired = remove_expired(&client, &dump).await?;
     // Watchers resume at the newest revision they saw, + 1; the copy must be compacted above that.
     let resumed_at = dump.revision + 1;
-    let (etcd, copied) = match ctx.config.bundle.newest_that(|can| can.restore_bumps_revision) {
+    let etcdutl = release::capabilities(to.version)
+        .opens_newer_restore
+        .then(|| ctx.config.bundle.newest_that(|can| can.restore_bumps_revision))
+        .flatten();
+    let (etcd, copied) = match etcdutl {
         Some(etcdutl) => restore_above(ctx, etcd, &client, to.version, etcdutl, resumed_at, work).await?,
         None => {
             raise_revision(&client, resumed_at).await?;
