@@ -44,8 +44,8 @@ const TXN_BYTES: usize = 512 * 1024;
 /// named so, the proof would find it missing.
 const SCRATCH_KEY: &[u8] = b"\0etcd-migrate/raising-the-revision";
 
-/// Rebuilds the member in `work/copied` with etcd `to` from the data dir's member run by `source`;
-/// returns the directory to swap in.
+/// Rebuilds the member with etcd `to` from the data dir's member run by `source`, in `work/copied` (then
+/// `work/bumped` where etcdutl raises its revision); returns the directory to swap in.
 pub async fn rebuild(
     ctx: &Context<'_>,
     source: Version,
