@@ -304,10 +304,22 @@ fn tolerates_what_kubernetes_tolerated_crlf_pre_releases_and_an_unbundled_target
     let dir = TempDir::new("tolerance");
     let peer = peer_url();
     let keys = sample_keys();
-    for (written, name) in [(" 3.4.23/etcd3\r\n", "crlf"), ("3.4.0-rc.1/etcd3\n", "rc")] {
+    for (written, name) in [(" 3.4.23/etcd3\r\n", "crlf"), ("3.4.13-rc.0/etcd3\n", "rc")] {
         let data = dir.join(name);
         make_etcd3_data("3.4.23", &data, &peer, &keys);
         fs::write(data.join("version.txt"), written).unwrap();
+        let said = written.trim();
+        // A pre-release is shown back as written, and is of its minor: 3.4 is left from 3.4.23.
+        let status = Migrator::new(&data, &peer).args(&["status"]).run();
+        assert!(String::from_utf8_lossy(&status.stdout).contains(said), "{}", stderr(&status));
+        let plan = Migrator::new(&data, &peer)
+            .args(&["plan", "--target-version", "3.5.16", "--bundled-versions", "3.4.23,3.5.16"])
+            .run();
+        let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+        let first = plan.lines().find(|line| line.trim_start().starts_with("1 ")).unwrap_or_default();
+        let first: Vec<&str> = first.split_whitespace().collect();
+        assert_eq!(first[..3], ["1", "in-place", said], "{plan}");
+        assert_eq!(first[3], if name == "rc" { "3.4.23/etcd3" } else { "3.5.16/etcd3" }, "{plan}");
         // 3.5.9 is not bundled, 3.5.16 is: what Kubernetes' manifests, templating the version apart from
         // the image, may ask.
         let output = Migrator::new(&data, &peer)
@@ -318,5 +330,41 @@ fn tolerates_what_kubernetes_tolerated_crlf_pre_releases_and_an_unbundled_target
         assert_eq!(version_txt(&data), "3.5.16/etcd3", "what really ran is recorded");
         let etcd = TestEtcd::start_with("3.5.16", &data, "m", &peer, &[]);
         assert_eq!(etcd.all_keys(), keys);
+    }
+}
+
+/// With --migrate-only there is nothing to exec: data already at the version asked needs nothing, bundled
+/// or not (a pre-release, or a patch the image does not carry), and says so in one line. Without it, the
+/// target must be bundled to be exec'd.
+#[test]
+fn migrate_only_at_an_unbundled_target_has_nothing_to_do() {
+    let dir = TempDir::new("at-unbundled-target");
+    let data = dir.join("data");
+    let peer = peer_url();
+    make_etcd3_data("3.4.23", &data, &peer, &sample_keys());
+    // No etcd-3.4.13 anywhere; the data is 3.4 data.
+    for (state, bundled) in [("3.4.13/etcd3", "3.5.16"), ("3.4.13-rc.0/etcd3", "3.4.23,3.5.16")] {
+        let (version, _) = state.split_once('/').unwrap();
+        fs::write(data.join("version.txt"), format!("{state}\n")).unwrap();
+        let before = tree_fingerprint(&data);
+        let run = |extra: &[&str]| {
+            Migrator::new(&data, &peer)
+                .args(&["--target-version", version, "--bundled-versions", bundled])
+                .args(extra)
+                .run()
+        };
+        let output = run(&["--migrate-only"]);
+        let log = stderr(&output);
+        assert_eq!(output.status.code(), Some(0), "{state}: {log}");
+        assert_eq!(log.lines().count(), 1, "{state}: one line: {log}");
+        assert!(log.contains("nothing to do, nothing to exec"), "{state}: {log}");
+        assert_eq!(tree_fingerprint(&data), before, "{state}: nothing written");
+
+        if bundled == "3.5.16" {
+            let output = run(&[]);
+            assert_eq!(output.status.code(), Some(2), "{state}: without --migrate-only it must exec etcd");
+            assert!(stderr(&output).contains(&format!("etcd-{version}")), "{}", stderr(&output));
+            assert_eq!(tree_fingerprint(&data), before);
+        }
     }
 }

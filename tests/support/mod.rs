@@ -932,3 +932,42 @@ pub fn check_v2_keys(etcd: &TestEtcd, keys: &BTreeMap<String, Vec<u8>>, ttls: &B
         }
     }
 }
+
+/// Puts each of `keys` (keys without a lease) `times` more times with its own value, so the store's
+/// revision ends well above its key count, as a long-lived cluster's does. Returns that revision.
+pub fn rewrite_keys(etcd: &TestEtcd, keys: &BTreeMap<String, Vec<u8>>, times: usize) -> i64 {
+    block_on(async {
+        let mut client = grpc(&etcd.endpoint()).await;
+        for _ in 0..times {
+            for (key, value) in keys {
+                client.put(key.as_bytes(), value.clone(), None).await.unwrap();
+            }
+        }
+        current_revision(&etcd.endpoint()).await
+    })
+}
+
+/// The revision etcd says it compacted when a watch on the whole keyspace resumes at `revision` (it is
+/// cancelled: its client must relist). Fails if the watch gets events instead, or no answer in a minute.
+pub fn resumed_watch_compacted_at(endpoint: &Endpoint, revision: i64) -> i64 {
+    block_on(async {
+        let options = etcd_client::WatchOptions::new().with_from_key().with_start_revision(revision);
+        let mut stream = grpc(endpoint).await.watch(vec![0], Some(options)).await.unwrap();
+        let answer = async {
+            loop {
+                let response = stream.message().await.unwrap().expect("the watch stream stays open");
+                assert!(
+                    response.events().is_empty(),
+                    "a watch resumed at {revision} got events: {response:?}"
+                );
+                if response.compact_revision() != 0 {
+                    assert!(response.canceled(), "a compacted watch is cancelled");
+                    return response.compact_revision();
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), answer)
+            .await
+            .unwrap_or_else(|_| panic!("a watch resumed at {revision} was not told it is compacted"))
+    })
+}
