@@ -78,7 +78,7 @@ fn a_logical_copy_ends_above_the_source_revision_with_everything_below_compacted
         let etcd = TestEtcd::start_with(to, &data, "m", &peer, &[]);
         let after = block_on(current_revision(&etcd.endpoint()));
         assert!(after > before + 1, "{from} -> {to}: revision {after} after, {before} before");
-        let compacted = resumed_watch_compacted_at(&etcd.endpoint(), before + 1);
+        let compacted = resumed_watch_compacted_at(&etcd.endpoint(), before + 1, true);
         assert!(
             compacted > before + 1,
             "{from} -> {to}: compacted at {compacted}, resumed at {}",
