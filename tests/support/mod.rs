@@ -241,6 +241,7 @@ pub fn etcd_spec(version: &str, data_dir: &Path, name: &str, peer_url: &str, ext
         initial_cluster_state: None,
         enable_v2: release::capabilities(release_version).enable_v2_flag,
         extra_args: extra.iter().map(Into::into).collect(),
+        lone_member: true,
     }
 }
 
