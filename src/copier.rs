@@ -221,9 +221,8 @@ impl TreeDigest {
 /// data is read, and only what is not zeros written: its holes (the unwritten tail of a WAL segment etcd
 /// preallocated, 64 MB of which a few kB hold records) and its blocks of zeros are holes in the copy,
 /// hashed as the zeros they read as. Where the filesystem can clone the file, the copy is a clone.
-/// Nothing writes
-/// the source meanwhile (a backup holds the data dir's lock and no etcd runs on it), so a file whose
-/// size changed is an error, not a race to paper over.
+/// Nothing writes the source meanwhile (a backup holds the data dir's lock and no etcd runs on it), so a
+/// file whose size changed is an error, not a race to paper over.
 fn copy_file(from: &Path, to: &Path, entry: &Entry, progress: &Progress) -> Result<Vec<u8>, CopyError> {
     let output = create_for_direct_writes(to, entry.mode & 0o7777).map_err(io_error(to))?;
     if clone(from, &output)? {
@@ -322,9 +321,9 @@ fn create_for_direct_writes(path: &Path, mode: u32) -> io::Result<File> {
 }
 
 /// Writes `blocks` to `output`, each at its offset, but those all zeros (left as holes), handing each
-/// buffer back to `spare`; returns the file and the bytes written. A block direct I/O cannot write (a length or offset off its alignment: the
-/// end of the file, or data after a hole on a filesystem of small blocks) ends direct writes for the rest
-/// of the file, which then go through the page cache.
+/// buffer back to `spare`; returns the file and the bytes written. A block direct I/O cannot write (a
+/// length or offset off its alignment: the end of the file, or data after a hole on a filesystem of
+/// small blocks) ends direct writes for the rest of the file, which then go through the page cache.
 fn write_blocks(
     output: File,
     path: &Path,
