@@ -187,6 +187,23 @@ fn missing_version_file_is_read_from_the_db_or_refused() {
     assert_eq!(etcd.all_keys(), keys);
 }
 
+/// Values larger than a page live in overflow pages, which counting the revisions does not read: the
+/// count is still every revision.
+#[test]
+fn status_counts_the_revisions_of_a_db_of_values_larger_than_a_page() {
+    let dir = TempDir::new("large-values");
+    let data = dir.join("data");
+    let etcd = TestEtcd::start("3.5.16", &data);
+    for i in 0..8 {
+        etcd.put(&format!("/registry/large-{i}"), &format!("{i}").repeat(100 << 10));
+    }
+    drop(etcd);
+    fs::write(data.join("version.txt"), "3.5.16/etcd3").unwrap();
+    let output = Migrator::new(&data, &peer_url()).args(&["status"]).run();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("etcd 3.5 (8 v3 revisions)"), "{said}");
+}
+
 #[test]
 fn undecidable_data_without_version_file_asks_for_assume_current_version() {
     let dir = TempDir::new("undecidable");
