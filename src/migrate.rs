@@ -181,8 +181,10 @@ async fn run(
         }
         return Ok(current);
     };
+    let checking = Instant::now();
     preflight::check(config, &plan)?;
-    info!(from = %current, to = %target, steps = plan.steps.len(), "migrating");
+    let preflight_ms = checking.elapsed().as_millis() as u64;
+    info!(from = %current, to = %target, steps = plan.steps.len(), preflight_ms, "migrating");
     run_steps(config, data_dir, &plan, backup).await?;
     Ok(target)
 }

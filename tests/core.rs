@@ -5,6 +5,7 @@ mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -39,6 +40,35 @@ fn upgrades_3_3_to_3_5_through_3_4_and_execs_the_target_with_every_key() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("data-backup-3.3.25-etcd3"))
         .collect();
     assert_eq!(backups.len(), 1, "one backup, before the first step");
+}
+
+/// On a filesystem that clones (XFS with reflinks), each file of the backup is a clone of the data's
+/// (`filefrag` shows its extents shared), verified by its digest, and etcd serves every key from it.
+#[test]
+fn a_backup_on_xfs_is_a_clone_that_etcd_serves_every_key_from() {
+    let Some(xfs) = Xfs::mount() else { return };
+    let data = xfs.path().join("data");
+    let peer = peer_url();
+    let keys = sample_keys();
+    make_etcd3_data("3.4.23", &data, &peer, &keys);
+    let output = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]).run();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let backup = fs::read_dir(xfs.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("data-backup-3.4.23-etcd3"))
+        .expect("a backup beside the data dir")
+        .path();
+    etcd_migrate::backup::verify(&backup).expect("the backup verifies against its manifest");
+    let db = backup.join("member/snap/db");
+    let extents = Command::new("filefrag").arg("-v").arg(&db).output().expect("filefrag (e2fsprogs) runs");
+    assert!(String::from_utf8_lossy(&extents.stdout).contains("shared"), "{}", stderr(&extents));
+
+    let served = xfs.path().join("served");
+    fs::create_dir(&served).unwrap();
+    fs::rename(backup.join("member"), served.join("member")).unwrap();
+    let etcd = TestEtcd::start_with("3.4.23", &served, "m", &peer, &[]);
+    assert_eq!(etcd.all_keys(), keys, "etcd serves every key from the cloned backup");
 }
 
 #[test]
@@ -155,6 +185,23 @@ fn missing_version_file_is_read_from_the_db_or_refused() {
     assert_eq!(version_txt(&data), "3.5.16/etcd3");
     let etcd = TestEtcd::start_with("3.5.16", &data, "m", &peer, &[]);
     assert_eq!(etcd.all_keys(), keys);
+}
+
+/// Values larger than a page live in overflow pages, which counting the revisions does not read: the
+/// count is still every revision.
+#[test]
+fn status_counts_the_revisions_of_a_db_of_values_larger_than_a_page() {
+    let dir = TempDir::new("large-values");
+    let data = dir.join("data");
+    let etcd = TestEtcd::start("3.5.16", &data);
+    for i in 0..8 {
+        etcd.put(&format!("/registry/large-{i}"), &format!("{i}").repeat(100 << 10));
+    }
+    drop(etcd);
+    fs::write(data.join("version.txt"), "3.5.16/etcd3").unwrap();
+    let output = Migrator::new(&data, &peer_url()).args(&["status"]).run();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("etcd 3.5 (8 v3 revisions)"), "{said}");
 }
 
 #[test]

@@ -3,8 +3,8 @@
 # (as root; otherwise it names the apt-get line to run): protoc for etcd's gRPC protos, curl and unzip
 # for the etcd release fetch, python3 with pip for PyPI's etcd, openssl and iproute2 for the TLS and port
 # tests (and the partition test's namespaces), nftables for its cut links, fuse3's fusermount3 for the
-# power-loss tests' fault filesystem; busybox-static's package index for the image's /bin/sh; rustfmt
-# and clippy.
+# power-loss tests' fault filesystem, xfsprogs and e2fsprogs' filefrag for the backup made as a clone on
+# XFS; busybox-static's package index for the image's /bin/sh; rustfmt and clippy.
 set -euo pipefail
 missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
@@ -14,6 +14,8 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v ss >/dev/null || missing+=(iproute2)
 command -v nft >/dev/null || missing+=(nftables)
 command -v fusermount3 >/dev/null || missing+=(fuse3)
+command -v mkfs.xfs >/dev/null || missing+=(xfsprogs)
+command -v filefrag >/dev/null || missing+=(e2fsprogs)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

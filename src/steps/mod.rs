@@ -159,6 +159,7 @@ impl Context<'_> {
             initial_cluster_state: None,
             enable_v2: storage == Storage::Etcd2 && release::capabilities(version).enable_v2_flag,
             extra_args: config.extra_args.clone(),
+            lone_member: !config.is_cluster_member(),
         }
     }
 

@@ -189,6 +189,7 @@ impl Cluster {
             initial_cluster_state: None,
             enable_v2: false,
             extra_args: self.tls.iter().map(Into::into).collect(),
+            lone_member: false,
         }
     }
 

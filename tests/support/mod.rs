@@ -242,6 +242,7 @@ pub fn etcd_spec(version: &str, data_dir: &Path, name: &str, peer_url: &str, ext
         initial_cluster_state: None,
         enable_v2: release::capabilities(release_version).enable_v2_flag,
         extra_args: extra.iter().map(Into::into).collect(),
+        lone_member: true,
     }
 }
 
@@ -719,6 +720,50 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// An XFS filesystem with reflinks (`FICLONE`) on a loop device over an image in a temp dir, unmounted
+/// on drop: where a backup is a clone.
+pub struct Xfs {
+    mount_point: TempDir,
+    _image: TempDir,
+}
+
+impl Xfs {
+    pub fn mount() -> Option<Xfs> {
+        let image_dir = TempDir::new("xfs-image");
+        let image = image_dir.join("xfs.img");
+        fs::File::create(&image).unwrap().set_len(512 << 20).unwrap();
+        let mount_point = TempDir::new("xfs");
+        let made = Command::new("mkfs.xfs").args(["-q", "-m", "reflink=1"]).arg(&image).output();
+        let mounted = made.and_then(|made| {
+            if !made.status.success() {
+                return Ok(made);
+            }
+            Command::new("mount").args(["-o", "loop"]).arg(&image).arg(mount_point.path()).output()
+        });
+        match mounted {
+            Ok(output) if output.status.success() => Some(Xfs { mount_point, _image: image_dir }),
+            failed => {
+                let why = failed.map_or_else(|e| e.to_string(), |o| stderr(&o));
+                cannot_run(&format!(
+                    "cannot make and mount an XFS image (needs xfsprogs, root, a loop device): {}",
+                    why.trim()
+                ));
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.mount_point.path()
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mount_point.path()).status();
     }
 }
 
