@@ -171,6 +171,28 @@ impl Db {
     }
 
     fn page(&self, id: u64) -> Result<Page, BboltError> {
+        let (offset, _, span) = self.page_span(id)?;
+        let mut bytes = vec![0u8; span];
+        self.read_at(&mut bytes, offset)?;
+        Ok(Page { bytes, order: self.order })
+    }
+
+    /// Page `id`'s header and element headers only: all [`Db::count`] reads, so counting a bucket does
+    /// not read the keys and values (a db of large values is mostly overflow pages).
+    fn element_headers(&self, id: u64) -> Result<Page, BboltError> {
+        let (offset, header, span) = self.page_span(id)?;
+        let count = self.order.u16_at(&header, 10) as usize;
+        let len = PAGE_HEADER + count * ELEMENT;
+        if len > span {
+            return Err(self.corrupt(format!("page claims {count} elements")));
+        }
+        let mut bytes = vec![0u8; len];
+        self.read_at(&mut bytes, offset)?;
+        Ok(Page { bytes, order: self.order })
+    }
+
+    /// Where page `id` starts, its header, and its length with its overflow pages.
+    fn page_span(&self, id: u64) -> Result<(u64, [u8; PAGE_HEADER], usize), BboltError> {
         if id < 2 || id >= self.page_count {
             return Err(self.corrupt(format!("page {id} out of range")));
         }
@@ -181,9 +203,7 @@ impl Db {
         if id + pages > self.page_count {
             return Err(self.corrupt(format!("page {id} overflows the file")));
         }
-        let mut bytes = vec![0u8; pages as usize * self.page_size];
-        self.read_at(&mut bytes, offset)?;
-        Ok(Page { bytes, order: self.order })
+        Ok((offset, header, pages as usize * self.page_size))
     }
 
     fn root_page(&self, root: &Root) -> Result<Page, BboltError> {
@@ -228,7 +248,11 @@ impl Db {
 
     /// Counts the non-bucket entries in the tree at `root`.
     fn count(&self, root: &Root) -> Result<u64, BboltError> {
-        let mut stack = vec![(self.root_page(root)?, 0usize)];
+        let root = match root {
+            Root::Page(id) => self.element_headers(*id)?,
+            Root::Inline(page) => Page { bytes: page.bytes.clone(), order: page.order },
+        };
+        let mut stack = vec![(root, 0usize)];
         let mut count = 0u64;
         let mut visited = 0u64;
         while let Some((page, depth)) = stack.pop() {
@@ -241,7 +265,7 @@ impl Db {
                 count += elements.filter(|&e| page.leaf_flags(e) & BUCKET_LEAF == 0).count() as u64;
             } else if page.flags() & BRANCH_PAGE != 0 {
                 for element in elements {
-                    stack.push((self.page(page.child(element))?, depth + 1));
+                    stack.push((self.element_headers(page.child(element))?, depth + 1));
                 }
             } else {
                 return Err(self.corrupt(format!("page of kind {:#x} in a tree", page.flags())));

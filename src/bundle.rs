@@ -9,7 +9,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::release::{self, Tool};
+use crate::release::{self, Capabilities, Tool};
 use crate::version::{Minor, Version};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -65,6 +65,11 @@ impl Bundle {
     /// The newest bundled patch of `minor`: the release that minor is left from.
     pub fn newest_patch(&self, minor: Minor) -> Option<Version> {
         self.versions.iter().copied().filter(|v| v.minor() == minor).max()
+    }
+
+    /// The newest present release that `can` do something (asked of `release::capabilities`).
+    pub fn newest_that(&self, can: impl Fn(Capabilities) -> bool) -> Option<Version> {
+        self.versions.iter().rev().copied().find(|&v| can(release::capabilities(v)) && self.is_present(v))
     }
 
     /// `<bin-dir>/<tool>-X.Y.Z`, as the image bundles each release's tools.

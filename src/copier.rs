@@ -3,12 +3,14 @@
 //! A file is read and hashed on one thread while another writes what was read, from the very buffers
 //! that were hashed, so a copy's digest is that of the bytes written. The writes go past the page cache
 //! (direct I/O where the filesystem has it), every file and directory is fsynced, and two files are
-//! copied at once so that one's fsync overlaps the other's copy. The digest covers each entry's relative
-//! path and kind, and for a file its size and content hash, in path order: [`digest_tree`] recomputes
-//! from a tree on disk what [`copy_tree`] returned for it.
+//! copied at once so that one's fsync overlaps the other's copy. A copy is sparse: holes and blocks of
+//! zeros are not written (a WAL segment etcd preallocated is mostly both), or it is a clone (`FICLONE`)
+//! where the filesystem can make one. The digest covers each entry's relative path and kind, and for a
+//! file its size and content hash (holes read as zeros), in path order: [`digest_tree`] recomputes from a
+//! tree on disk what [`copy_tree`] returned for it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -215,36 +217,74 @@ impl TreeDigest {
 /// Copies one file, hashing each block from the buffer it is then written from, and fsyncs the copy;
 /// returns the hash. This thread reads and hashes while another writes. The writes are direct: the
 /// page cache would only hold a copy nobody reads, and copying into its fresh pages was most of a
-/// backup's time (a gigabyte: 0.8 s of CPU through the page cache, 0.35 s direct). Nothing writes the
-/// source meanwhile (a backup holds the data dir's lock and no etcd runs on it), so a file whose size
-/// changed is an error, not a race to paper over.
+/// backup's time (a gigabyte: 0.8 s of CPU through the page cache, 0.35 s direct). Only the source's
+/// data is read, and only what is not zeros written: its holes (the unwritten tail of a WAL segment etcd
+/// preallocated, 64 MB of which a few kB hold records) and its blocks of zeros are holes in the copy,
+/// hashed as the zeros they read as. Where the filesystem can clone the file, the copy is a clone.
+/// Nothing writes the source meanwhile (a backup holds the data dir's lock and no etcd runs on it), so a
+/// file whose size changed is an error, not a race to paper over.
 fn copy_file(from: &Path, to: &Path, entry: &Entry, progress: &Progress) -> Result<Vec<u8>, CopyError> {
     let output = create_for_direct_writes(to, entry.mode & 0o7777).map_err(io_error(to))?;
+    if clone(from, &output)? {
+        // The copy shares the source's blocks: hashing the source hashes the copy's bytes.
+        let (size, hash) = hash_file(from)?;
+        check_size(from, to, entry, size)?;
+        output.sync_all().map_err(io_error(to))?;
+        progress.add(size);
+        return Ok(hash);
+    }
     let (spare, buffers) = mpsc::sync_channel::<Block>(BUFFERS);
     for _ in 0..BUFFERS {
         spare.send(Block::new()).expect("room for every buffer");
     }
-    let (filled, blocks) = mpsc::sync_channel::<(Block, usize)>(BUFFERS);
+    let (filled, blocks) = mpsc::sync_channel::<(Block, usize, u64)>(BUFFERS);
     let (read, written) = std::thread::scope(|scope| {
         let writer = scope.spawn(move || write_blocks(output, to, blocks, spare, progress));
-        let read = hash_blocks(from, &buffers, |buffer, n| {
+        let read = hash_blocks(from, &buffers, |buffer, n, offset| {
             // A writer that stopped has its error to tell, which `written` carries.
-            filled.send((buffer, n)).map_err(|_| io_error(to)(io::Error::other("the writer stopped")))
+            filled.send((buffer, n, offset)).map_err(|_| io_error(to)(io::Error::other("the writer stopped")))
         });
         drop(filled);
         (read, writer.join().expect("the writer does not panic"))
     });
-    written?;
+    let (output, data) = written?;
     let (size, hash) = read?;
-    if size != entry.size {
-        return Err(CopyError::ChangedSize {
-            file: from.to_path_buf(),
-            copy: to.to_path_buf(),
-            expected: entry.size,
-            actual: size,
-        });
-    }
+    check_size(from, to, entry, size)?;
+    // A hole at the end has no block to write: the length makes it.
+    output.set_len(size).map_err(io_error(to))?;
+    output.sync_all().map_err(io_error(to))?;
+    progress.add(size - data);
     Ok(hash)
+}
+
+fn check_size(from: &Path, to: &Path, entry: &Entry, size: u64) -> Result<(), CopyError> {
+    if size == entry.size {
+        return Ok(());
+    }
+    Err(CopyError::ChangedSize {
+        file: from.to_path_buf(),
+        copy: to.to_path_buf(),
+        expected: entry.size,
+        actual: size,
+    })
+}
+
+/// Makes `output` a clone of `from` (`FICLONE`: the two share their blocks until either is written) where
+/// the filesystem can; `false` where it cannot, as GNU cp decides: the kernel answers that the filesystem
+/// has no clones (`EOPNOTSUPP`; `ENOTTY` before Linux 4.5), that the two are on different filesystems
+/// (`EXDEV`), or that it cannot clone these files (`EINVAL`). Any other error is the copy's.
+fn clone(from: &Path, output: &File) -> Result<bool, CopyError> {
+    let input = File::open(from).map_err(io_error(from))?;
+    // SAFETY: FICLONE reads no memory of ours; both descriptors are open.
+    if unsafe { libc::ioctl(output.as_raw_fd(), libc::FICLONE, input.as_raw_fd()) } == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    if cannot_clone(&error) { Ok(false) } else { Err(io_error(from)(error)) }
+}
+
+fn cannot_clone(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EXDEV | libc::EINVAL))
 }
 
 /// `BUFFER` bytes at an address direct I/O accepts.
@@ -280,22 +320,28 @@ fn create_for_direct_writes(path: &Path, mode: u32) -> io::Result<File> {
     }
 }
 
-/// Writes `blocks` to `output` in order, handing each buffer back to `spare`, then fsyncs it. Every
-/// block is full but the last, whose length direct I/O may not take: that one is written through the
-/// page cache.
+/// Writes `blocks` to `output`, each at its offset, but those all zeros (left as holes), handing each
+/// buffer back to `spare`; returns the file and the bytes written. A block direct I/O cannot write (a
+/// length or offset off its alignment: the end of the file, or data after a hole on a filesystem of
+/// small blocks) ends direct writes for the rest of the file, which then go through the page cache.
 fn write_blocks(
     output: File,
     path: &Path,
-    blocks: mpsc::Receiver<(Block, usize)>,
+    blocks: mpsc::Receiver<(Block, usize, u64)>,
     spare: mpsc::SyncSender<Block>,
     progress: &Progress,
-) -> Result<(), CopyError> {
-    let mut offset = 0u64;
-    for (block, n) in blocks {
-        if n % DIRECT_ALIGN != 0 {
+) -> Result<(File, u64), CopyError> {
+    let mut written = 0u64;
+    for (block, n, offset) in blocks {
+        let bytes = &block.as_slice()[..n];
+        if bytes.iter().all(|&b| b == 0) {
+            // Zeros read as data (a preallocated range etcd never wrote, read since): a hole reads the same.
+            let _ = spare.send(block);
+            continue;
+        }
+        if n % DIRECT_ALIGN != 0 || offset % DIRECT_ALIGN as u64 != 0 {
             end_direct_writes(&output).map_err(io_error(path))?;
         }
-        let bytes = &block.as_slice()[..n];
         match output.write_all_at(bytes, offset) {
             // A filesystem that takes the flag but not the write (a block size over `DIRECT_ALIGN`): the
             // rest of the file goes through the page cache. Positioned, so the retry rewrites the same bytes.
@@ -306,11 +352,11 @@ fn write_blocks(
             written => written,
         }
         .map_err(io_error(path))?;
-        offset += n as u64;
+        written += n as u64;
         progress.add(n as u64);
         let _ = spare.send(block);
     }
-    output.sync_all().map_err(io_error(path))
+    Ok((output, written))
 }
 
 fn end_direct_writes(file: &File) -> io::Result<()> {
@@ -325,41 +371,80 @@ fn end_direct_writes(file: &File) -> io::Result<()> {
 fn hash_file(path: &Path) -> Result<(u64, Vec<u8>), CopyError> {
     let (spare, buffers) = mpsc::sync_channel(1);
     spare.send(Block::new()).expect("room for one buffer");
-    hash_blocks(path, &buffers, |block, _| {
+    hash_blocks(path, &buffers, |block, _, _| {
         spare.send(block).expect("room for the buffer taken");
         Ok(())
     })
 }
 
-/// Reads `path` into buffers taken from `buffers`, each filled but the last, hashing each block before
-/// handing it to `each`; returns the size and hash.
+/// Reads the data of `path` into buffers taken from `buffers`, hashing each block before handing it to
+/// `each` with its offset; returns the size and hash. Holes are not read: they are hashed as the zeros
+/// they read as, so the hash is that of the whole content, however the file's bytes are laid out.
 fn hash_blocks(
     path: &Path,
     buffers: &mpsc::Receiver<Block>,
-    mut each: impl FnMut(Block, usize) -> Result<(), CopyError>,
+    mut each: impl FnMut(Block, usize, u64) -> Result<(), CopyError>,
 ) -> Result<(u64, Vec<u8>), CopyError> {
-    let mut input = File::open(path).map_err(io_error(path))?;
+    let input = File::open(path).map_err(io_error(path))?;
     let mut hasher = Xxh3::new();
-    let mut size = 0u64;
+    let mut offset = 0u64;
     loop {
-        let Ok(mut block) = buffers.recv() else {
-            return Err(io_error(path)(io::Error::other("no buffer to read into")));
-        };
-        let n = fill(&mut input, block.as_mut_slice()).map_err(io_error(path))?;
-        if n == 0 {
+        let Some((data, hole)) = next_data(&input, offset).map_err(io_error(path))? else {
+            // Nothing but a hole to the end, if anything.
+            let size = input.metadata().map_err(io_error(path))?.len().max(offset);
+            hash_zeros(&mut hasher, size - offset);
             return Ok((size, hasher.digest128().to_le_bytes().to_vec()));
+        };
+        hash_zeros(&mut hasher, data - offset);
+        offset = data;
+        while offset < hole {
+            let Ok(mut block) = buffers.recv() else {
+                return Err(io_error(path)(io::Error::other("no buffer to read into")));
+            };
+            let wanted = (hole - offset).min(BUFFER as u64) as usize;
+            let n = fill_at(&input, &mut block.as_mut_slice()[..wanted], offset).map_err(io_error(path))?;
+            if n == 0 {
+                // The file ended before the hole the filesystem reported: it shrank, which the caller sees.
+                return Ok((offset, hasher.digest128().to_le_bytes().to_vec()));
+            }
+            hasher.update(&block.as_slice()[..n]);
+            each(block, n, offset)?;
+            offset += n as u64;
         }
-        hasher.update(&block.as_slice()[..n]);
-        size += n as u64;
-        each(block, n)?;
     }
 }
 
-/// Reads into `buffer` until it is full or the input ends; returns how much was read.
-fn fill(input: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
+/// The next range of data at or after `offset`, as `(start, end)`, or `None` when only a hole (or
+/// nothing) is left. A filesystem without holes reports its files as data to their end.
+fn next_data(file: &File, offset: u64) -> io::Result<Option<(u64, u64)>> {
+    let seek = |from: u64, whence| {
+        // SAFETY: lseek reads no memory of ours; the descriptor is open.
+        let at = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, whence) };
+        if at < 0 { Err(io::Error::last_os_error()) } else { Ok(at as u64) }
+    };
+    let data = match seek(offset, libc::SEEK_DATA) {
+        Ok(data) => data,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(Some((data, seek(data, libc::SEEK_HOLE)?)))
+}
+
+/// Hashes `len` zero bytes: what a hole reads as.
+fn hash_zeros(hasher: &mut Xxh3, mut len: u64) {
+    static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+    while len > 0 {
+        let n = len.min(ZEROS.len() as u64) as usize;
+        hasher.update(&ZEROS[..n]);
+        len -= n as u64;
+    }
+}
+
+/// Reads into `buffer` from `offset` until it is full or the input ends; returns how much was read.
+fn fill_at(input: &impl FileExt, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buffer.len() {
-        match input.read(&mut buffer[filled..]) {
+        match input.read_at(&mut buffer[filled..], offset + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -426,6 +511,89 @@ mod tests {
         let copied = copy_tree(&source, &target, &[], "copying").unwrap();
         assert_eq!(fs::read(target.join("odd")).unwrap(), odd);
         assert_eq!(fs::read(target.join("short")).unwrap(), b"shorter than one block");
+        assert_eq!(digest_tree(&target, &[]).unwrap(), copied);
+    }
+
+    /// Bytes the filesystem allocated to `path`.
+    fn allocated(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    /// A hole between two runs of data, and a preallocated, never-written tail (as etcd leaves a WAL
+    /// segment): the copy holds the same bytes, its holes stay holes, and its digest is that of the same
+    /// bytes written densely.
+    #[test]
+    fn holes_and_a_preallocated_tail_are_copied_as_holes_and_hashed_as_zeros() {
+        const SIZE: u64 = 16 << 20;
+        let temp = tempfile::tempdir().unwrap();
+        let sparse = temp.path().join("sparse");
+        fs::create_dir(&sparse).unwrap();
+        let segment = File::create(sparse.join("segment")).unwrap();
+        segment.write_all_at(&patterned(100_000), 0).unwrap();
+        segment.write_all_at(&patterned(5_000), 4 << 20).unwrap();
+        // SAFETY: fallocate reads no memory of ours; the descriptor is open.
+        assert_eq!(unsafe { libc::fallocate(segment.as_raw_fd(), 0, 0, SIZE as libc::off_t) }, 0);
+        segment.sync_all().unwrap();
+        // Read before the file is: pages read from a preallocated range would count as data.
+        assert_eq!(next_data(&segment, 0).unwrap(), Some((0, 102_400)), "the filesystem reports holes");
+        let mut content = vec![0u8; SIZE as usize];
+        content[..100_000].copy_from_slice(&patterned(100_000));
+        content[4 << 20..(4 << 20) + 5_000].copy_from_slice(&patterned(5_000));
+
+        let copy = temp.path().join("copy");
+        let copied = copy_tree(&sparse, &copy, &[], "copying").unwrap();
+        assert_eq!(fs::read(copy.join("segment")).unwrap(), content);
+        assert!(
+            allocated(&copy.join("segment")) < 1 << 20,
+            "{} bytes allocated",
+            allocated(&copy.join("segment"))
+        );
+        assert_eq!((copied.files, copied.bytes), (1, SIZE));
+
+        let dense = temp.path().join("dense");
+        fs::create_dir(&dense).unwrap();
+        fs::write(dense.join("segment"), &content).unwrap();
+        assert_eq!(digest_tree(&dense, &[]).unwrap(), copied, "the digest covers the same bytes");
+        assert_eq!(digest_tree(&copy, &[]).unwrap(), copied);
+        assert_eq!(digest_tree(&sparse, &[]).unwrap(), copied);
+    }
+
+    #[test]
+    fn falls_back_to_copying_where_the_kernel_says_it_cannot_clone_and_fails_on_other_errors() {
+        for errno in [libc::EOPNOTSUPP, libc::ENOTTY, libc::EXDEV, libc::EINVAL] {
+            assert!(cannot_clone(&io::Error::from_raw_os_error(errno)), "{errno}");
+        }
+        for errno in [libc::EIO, libc::ENOSPC, libc::EBADF] {
+            assert!(!cannot_clone(&io::Error::from_raw_os_error(errno)), "{errno}");
+        }
+    }
+
+    #[test]
+    fn zeros_read_as_data_are_written_as_holes() {
+        let temp = tempfile::tempdir().unwrap();
+        let source = temp.path().join("source");
+        fs::create_dir(&source).unwrap();
+        let mut content = vec![0u8; 8 * BUFFER];
+        content[BUFFER + 3] = 1;
+        fs::write(source.join("zeros"), &content).unwrap();
+        let target = temp.path().join("target");
+        let copied = copy_tree(&source, &target, &[], "copying").unwrap();
+        assert_eq!(fs::read(target.join("zeros")).unwrap(), content);
+        assert!(allocated(&target.join("zeros")) <= BUFFER as u64, "only the block with a one is written");
+        assert_eq!(digest_tree(&source, &[]).unwrap(), copied);
+    }
+
+    #[test]
+    fn a_file_that_is_all_hole_is_copied_as_one() {
+        let temp = tempfile::tempdir().unwrap();
+        let source = temp.path().join("source");
+        fs::create_dir(&source).unwrap();
+        File::create(source.join("hole")).unwrap().set_len(3 * BUFFER as u64 + 7).unwrap();
+        let target = temp.path().join("target");
+        let copied = copy_tree(&source, &target, &[], "copying").unwrap();
+        assert_eq!(fs::read(target.join("hole")).unwrap(), vec![0u8; 3 * BUFFER + 7]);
+        assert_eq!(allocated(&target.join("hole")), 0);
         assert_eq!(digest_tree(&target, &[]).unwrap(), copied);
     }
 
@@ -507,42 +675,50 @@ mod tests {
     struct Stuttering<'a> {
         data: &'a [u8],
         chunk: usize,
-        interrupt: bool,
+        interrupt: std::cell::Cell<bool>,
     }
 
-    impl Read for Stuttering<'_> {
-        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-            self.interrupt = !self.interrupt;
-            if self.interrupt {
+    impl FileExt for Stuttering<'_> {
+        fn read_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+            self.interrupt.set(!self.interrupt.get());
+            if self.interrupt.get() {
                 return Err(io::ErrorKind::Interrupted.into());
             }
-            let n = self.chunk.min(buffer.len()).min(self.data.len());
-            buffer[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
+            let rest = self.data.get(offset as usize..).unwrap_or_default();
+            let n = self.chunk.min(buffer.len()).min(rest.len());
+            buffer[..n].copy_from_slice(&rest[..n]);
             Ok(n)
         }
+
+        fn write_at(&self, _: &[u8], _: u64) -> io::Result<usize> {
+            unreachable!("only read")
+        }
     }
 
     #[test]
-    fn fill_reads_through_short_reads_and_interruptions() {
+    fn fill_at_reads_through_short_reads_and_interruptions() {
         let data = patterned(100);
-        let mut input = Stuttering { data: &data, chunk: 7, interrupt: false };
+        let input = Stuttering { data: &data, chunk: 7, interrupt: false.into() };
         let mut buffer = [0u8; 64];
-        assert_eq!(fill(&mut input, &mut buffer).unwrap(), 64);
+        assert_eq!(fill_at(&input, &mut buffer, 0).unwrap(), 64);
         assert_eq!(buffer[..], data[..64]);
-        assert_eq!(fill(&mut input, &mut buffer).unwrap(), 36, "the input ended");
+        assert_eq!(fill_at(&input, &mut buffer, 64).unwrap(), 36, "the input ended");
         assert_eq!(buffer[..36], data[64..]);
-        assert_eq!(fill(&mut input, &mut buffer).unwrap(), 0);
+        assert_eq!(fill_at(&input, &mut buffer, 100).unwrap(), 0);
     }
 
     #[test]
-    fn fill_passes_on_a_read_error() {
+    fn fill_at_passes_on_a_read_error() {
         struct Failing;
-        impl Read for Failing {
-            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        impl FileExt for Failing {
+            fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<usize> {
                 Err(io::ErrorKind::PermissionDenied.into())
             }
+            fn write_at(&self, _: &[u8], _: u64) -> io::Result<usize> {
+                unreachable!("only read")
+            }
         }
-        assert_eq!(fill(&mut Failing, &mut [0u8; 8]).unwrap_err().kind(), io::ErrorKind::PermissionDenied);
+        let err = fill_at(&Failing, &mut [0u8; 8], 0).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
     }
 }

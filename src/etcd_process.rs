@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::client::{ClientError, Endpoint, TlsFiles, health, v3};
-use crate::etcd_flags::flag_arg;
+use crate::etcd_flags::{self, flag_arg};
 use crate::release;
 use crate::version::Version;
 
@@ -67,7 +67,17 @@ pub struct EtcdSpec {
     pub enable_v2: bool,
     /// Extra flags (`ETCD_CREDS`): TLS files and the like.
     pub extra_args: Vec<OsString>,
+    /// A member with no peers: it elects itself as soon as etcd's timing allows (see [`LONE_MEMBER_TIMING`]).
+    pub lone_member: bool,
 }
+
+/// The election timing of a hidden etcd that is a lone member: a 10 ms heartbeat and a 50 ms election
+/// timeout, the shortest etcd accepts (an election timeout of at least 5 heartbeats, from 2.x to 3.x).
+/// With etcd's defaults (100 ms, 1 s), a lone member restarted on its data waits out a randomized 1–2 s
+/// before it elects itself; with these, 50–100 ms. A member without peers has nobody to lose an election
+/// to, so a busy machine's late ticks cannot unseat it. A cluster member keeps its cluster's timing (the
+/// operator's flags), or its peers would see elections it starts too soon.
+const LONE_MEMBER_TIMING: [&str; 2] = ["--heartbeat-interval=10", "--election-timeout=50"];
 
 impl EtcdSpec {
     pub fn args(&self) -> Vec<OsString> {
@@ -89,8 +99,20 @@ impl EtcdSpec {
         if release::capabilities(self.version).max_txn_ops_flag {
             args.push(format!("--max-txn-ops={}", v3::RAISED_MAX_TXN_OPS).into());
         }
+        args.extend(self.election_timing());
         args.extend(self.extra_args.iter().cloned());
         args
+    }
+
+    /// [`LONE_MEMBER_TIMING`] for a lone member, unless the operator's flags set etcd's timing.
+    fn election_timing(&self) -> Vec<OsString> {
+        let operator_sets_timing = etcd_flags::read(&self.extra_args)
+            .iter()
+            .any(|flag| flag.name == "heartbeat-interval" || flag.name == "election-timeout");
+        if !self.lone_member || operator_sets_timing {
+            return Vec::new();
+        }
+        LONE_MEMBER_TIMING.iter().map(OsString::from).collect()
     }
 
     /// The first client URL: the one health checks and clients use.
@@ -360,6 +382,38 @@ mod tests {
         drop(listener);
         ensure_port_free(&format!("http://127.0.0.1:{port}")).unwrap();
         ensure_port_free("unix://socket").unwrap();
+    }
+
+    fn spec(lone_member: bool, extra_args: &[&str]) -> EtcdSpec {
+        EtcdSpec {
+            binary: PathBuf::from("etcd-3.5.16"),
+            version: "3.5.16".parse().unwrap(),
+            data_dir: PathBuf::from("/data"),
+            name: "m".into(),
+            listen_client_urls: "http://127.0.0.1:1".into(),
+            listen_peer_urls: "http://127.0.0.1:2".into(),
+            initial_advertise_peer_urls: "http://127.0.0.1:2".into(),
+            initial_cluster: "m=http://127.0.0.1:2".into(),
+            initial_cluster_state: None,
+            enable_v2: false,
+            extra_args: extra_args.iter().map(OsString::from).collect(),
+            lone_member,
+        }
+    }
+
+    fn timing_flags(spec: &EtcdSpec) -> Vec<String> {
+        let args = spec.args();
+        let flags = etcd_flags::read(&args);
+        let timing = flags.iter().filter(|f| f.name == "heartbeat-interval" || f.name == "election-timeout");
+        timing.map(|f| format!("{}={}", f.name, f.value.as_ref().unwrap().to_string_lossy())).collect()
+    }
+
+    #[test]
+    fn a_lone_member_gets_the_shortest_election_timing_unless_the_operator_sets_it() {
+        assert_eq!(timing_flags(&spec(true, &[])), ["heartbeat-interval=10", "election-timeout=50"]);
+        assert!(timing_flags(&spec(false, &[])).is_empty(), "a cluster member keeps its cluster's timing");
+        let operator = ["--election-timeout", "5000"];
+        assert_eq!(timing_flags(&spec(true, &operator)), ["election-timeout=5000"]);
     }
 
     #[test]

@@ -201,24 +201,44 @@ impl Etcdctl {
         member: &RestoreMember<'_>,
         timeout: Duration,
     ) -> Result<String, EtcdctlError> {
-        let mut args = vec![
-            "snapshot".into(),
-            "restore".into(),
-            snapshot.display().to_string(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--name".into(),
-            member.name.into(),
-            "--initial-cluster".into(),
-            member.initial_cluster.into(),
-            "--initial-advertise-peer-urls".into(),
-            member.initial_advertise_peer_urls.into(),
-        ];
-        if member.skip_hash_check {
-            args.push("--skip-hash-check".into());
-        }
+        self.run(&restore_args(snapshot, data_dir, member), timeout).await
+    }
+
+    /// `etcdutl snapshot restore --bump-revision <bump> --mark-compacted` (see
+    /// `release::Capabilities::restore_bumps_revision`): the restored member's revision is `bump` above
+    /// the snapshot's, and everything below it is compacted.
+    pub async fn snapshot_restore_bumped(
+        &self,
+        snapshot: &Path,
+        data_dir: &Path,
+        member: &RestoreMember<'_>,
+        bump: u64,
+        timeout: Duration,
+    ) -> Result<String, EtcdctlError> {
+        let mut args = restore_args(snapshot, data_dir, member);
+        args.extend(["--bump-revision".into(), bump.to_string(), "--mark-compacted".into()]);
         self.run(&args, timeout).await
     }
+}
+
+fn restore_args(snapshot: &Path, data_dir: &Path, member: &RestoreMember<'_>) -> Vec<String> {
+    let mut args = vec![
+        "snapshot".into(),
+        "restore".into(),
+        snapshot.display().to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--name".into(),
+        member.name.into(),
+        "--initial-cluster".into(),
+        member.initial_cluster.into(),
+        "--initial-advertise-peer-urls".into(),
+        member.initial_advertise_peer_urls.into(),
+    ];
+    if member.skip_hash_check {
+        args.push("--skip-hash-check".into());
+    }
+    args
 }
 
 /// The flags that reach the member at `endpoint`, with its client TLS files if it has them.

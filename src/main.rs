@@ -125,7 +125,11 @@ fn run(config: &Config, verbatim: bool, env: &HashMap<String, String>) -> Result
     drop(runtime);
     let target = config.target();
     if config.migrate_only {
-        info!(at = %target, "migrated; --migrate-only: not starting etcd");
+        if config.bundle.versions().contains(&reached.at.version) {
+            info!(at = %reached.at, "migrated; --migrate-only: not starting etcd");
+        } else {
+            info!(at = %reached.at, "the data is at the version asked, which is not bundled; --migrate-only: nothing to do, nothing to exec");
+        }
         return Ok(());
     }
     let binary = config.bundle.etcd(target.version);
@@ -133,5 +137,5 @@ fn run(config: &Config, verbatim: bool, env: &HashMap<String, String>) -> Result
     let argv = exec::etcd_command(&binary, data_dir, &config.etcd_args);
     info!(at = %target, binary = %binary.display(), "starting etcd");
     let e = exec::exec(&argv, env);
-    Err((reached.exit_code(), format!("{e}: bundle etcd {} in the bin dir", target.version)))
+    Err((reached.phase.exit_code(), format!("{e}: bundle etcd {} in the bin dir", target.version)))
 }

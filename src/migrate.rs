@@ -113,24 +113,36 @@ impl Failure {
     }
 }
 
-/// Migrates the data dir to the configured target. On success `version.txt` names the target, and the
-/// phase says whether anything had to change (the exit code if exec'ing etcd then fails).
-pub async fn migrate(config: &Config) -> Result<Phase, Failure> {
-    let target = config.target();
-    if let Some(asked) = config.target.map(|t| t.asked).filter(|asked| *asked != target) {
-        warn!(asked = %asked, using = %target, "target patch not bundled: using the newest bundled patch of its minor");
+/// Where a run left the data dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reached {
+    /// Whether anything had to change (the exit code if exec'ing etcd then fails).
+    pub phase: Phase,
+    /// What `version.txt` names: the target, or with `--migrate-only` the version asked for when the
+    /// data is at it already (a patch not bundled: nothing to do, nothing to exec).
+    pub at: EtcdState,
+}
+
+/// Migrates the data dir to the configured target; see [`Reached`].
+pub async fn migrate(config: &Config) -> Result<Reached, Failure> {
+    // With --migrate-only nothing is exec'd; the steps' own tools are checked with the plan.
+    if !config.migrate_only {
+        preflight::check_target_binary(config).map_err(|e| Failure::read_only(e.into()))?;
     }
-    preflight::check_target_binary(config).map_err(|e| Failure::read_only(e.into()))?;
     let data_dir = DataDir::open_locked(&config.data_dir).map_err(|e| Failure::read_only(e.into()))?;
     let mut backup = None;
     match run(config, &data_dir, &mut backup).await {
-        Ok(()) => Ok(Phase::of(&data_dir)),
+        Ok(at) => Ok(Reached { phase: Phase::of(&data_dir), at }),
         Err(error) => Err(Failure::of_run(&data_dir, backup, error)),
     }
 }
 
-/// The run on the locked `data_dir`; `backup` is the newest backup it made.
-async fn run(config: &Config, data_dir: &DataDir, backup: &mut Option<PathBuf>) -> Result<(), MigrateError> {
+/// The run on the locked `data_dir`; `backup` is the newest backup it made. Returns the state reached.
+async fn run(
+    config: &Config,
+    data_dir: &DataDir,
+    backup: &mut Option<PathBuf>,
+) -> Result<EtcdState, MigrateError> {
     let target = config.target();
     if let Some(mut unfinished) = journal::read(data_dir.path())? {
         resume(&Context { config, data_dir: data_dir.changing() }, &mut unfinished).await?;
@@ -140,29 +152,41 @@ async fn run(config: &Config, data_dir: &DataDir, backup: &mut Option<PathBuf>) 
         Current::Fresh => {
             info!(target = %target, "no etcd data yet: starting at the target");
             version_file::write(data_dir.changing(), target)?;
-            return Ok(());
+            return Ok(target);
         }
         Current::At(current) => current,
     };
+    let asked = config.target.map_or(target, |t| t.asked);
     if facts.version_file.is_none() {
         warn!(current = %current, "no version.txt: taking the data to be {current}");
     }
-    let plan = match plan_for(config, current, facts.db_minor) {
-        // Ahead of the cluster its data last saw: its peers may have moved on since (it was stopped).
-        Err(PlanError::AheadOfCluster { .. }) => {
-            plan_for(config, current, facts.db_minor.max(peers_lowest_minor(config).await))?
+    // With --migrate-only, data at the version asked needs nothing, bundled or not: nothing is exec'd.
+    let plan = if config.migrate_only && current == asked {
+        None
+    } else {
+        if asked != target {
+            warn!(asked = %asked, using = %target, "target patch not bundled: using the newest bundled patch of its minor");
         }
-        planned => planned?,
+        Some(match plan_for(config, current, facts.db_minor) {
+            // Ahead of the cluster its data last saw: its peers may have moved on since (it was stopped).
+            Err(PlanError::AheadOfCluster { .. }) => {
+                plan_for(config, current, facts.db_minor.max(peers_lowest_minor(config).await))?
+            }
+            planned => planned?,
+        })
     };
-    if plan.steps.is_empty() {
+    let Some(plan) = plan.filter(|plan| !plan.steps.is_empty()) else {
         if facts.version_file.is_none() {
             version_file::write(data_dir.changing(), current)?;
         }
-        return Ok(());
-    }
+        return Ok(current);
+    };
+    let checking = Instant::now();
     preflight::check(config, &plan)?;
-    info!(from = %current, to = %target, steps = plan.steps.len(), "migrating");
-    run_steps(config, data_dir, &plan, backup).await
+    let preflight_ms = checking.elapsed().as_millis() as u64;
+    info!(from = %current, to = %target, steps = plan.steps.len(), preflight_ms, "migrating");
+    run_steps(config, data_dir, &plan, backup).await?;
+    Ok(target)
 }
 
 /// The plan from `current` to the target, with the extra rules for a member of a cluster running at

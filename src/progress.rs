@@ -16,6 +16,7 @@ const EVERY: Duration = Duration::from_secs(5);
 pub enum Unit {
     Keys,
     Bytes,
+    Revisions,
 }
 
 /// Logs `what`'s progress every 5 s until dropped.
@@ -64,6 +65,7 @@ fn report(what: &str, unit: Unit, done: u64, total: Option<u64>, elapsed: Durati
     let rate = match unit {
         Unit::Keys => format!("{per_second:.0} keys/s"),
         Unit::Bytes => format!("{:.0} MB/s", per_second / 1e6),
+        Unit::Revisions => format!("{per_second:.0} revisions/s"),
     };
     let eta = match total {
         Some(total) if per_second > 0.0 => format!("{:.0}s", total.saturating_sub(done) as f64 / per_second),

@@ -1,7 +1,7 @@
 //! What each etcd release can do: the one place that knows how etcd changed from 2.2 to 3.7, measured
 //! on the real releases (`shared/etcd-facts.md`) and taken from etcd's upgrade guides. Everything here
-//! is a property of a release's minor, except the upgrade floors (of the minor an upgrade comes from)
-//! and the WAL-aware v2 store check (of a patch); the planner, preflight, the steps and the tests ask
+//! is a property of a release's minor, except the upgrade floors (of the minor an upgrade comes from),
+//! the WAL-aware v2 store check and the restore that bumps revisions (of a patch); the planner, preflight, the steps and the tests ask
 //! [`capabilities`] instead of comparing versions.
 
 use crate::version::{Minor, Version};
@@ -29,6 +29,15 @@ pub struct Capabilities {
     pub etcdctl_needs_api_3: bool,
     /// Ships `etcdutl`, the offline data tool (3.5 and later).
     pub etcdutl: bool,
+    /// `etcdutl snapshot restore --bump-revision N --mark-compacted` (etcd issue 16028): the restored
+    /// member starts N revisions above the snapshot's, compacted there, so a watcher from before is told
+    /// "compacted" and relists. Checked on the bundled releases: 3.5.16 and 3.5.30 have it, 3.5.1 does
+    /// not (nor etcdctl 3.4.23's restore); 3.6 and later have it.
+    pub restore_bumps_revision: bool,
+    /// Opens a member that a newer etcdutl restored (its snapshot taken from this release), so that
+    /// etcdutl can raise a logical copy's revision. Measured with etcdutl 3.5.30 on 3.3.25 and 3.4.23;
+    /// 3.0–3.2 were not, so their copies are raised through the API.
+    pub opens_newer_restore: bool,
     /// Has the online downgrade API (`etcdctl downgrade validate|enable`; 3.6 and later) and records
     /// a storage version in its backend.
     pub downgrade_api: bool,
@@ -68,11 +77,13 @@ pub fn capabilities(version: Version) -> Capabilities {
         etcdctl_migrate: v3 && !at_least(5),
         etcdctl_needs_api_3: v3 && !at_least(6),
         etcdutl: at_least(5),
+        restore_bumps_revision: at_least(6) || (major, minor) == (3, 5) && version >= Version::new(3, 5, 16),
+        opens_newer_restore: at_least(3),
         downgrade_api: at_least(6),
         replays_v2_requests: !at_least(7),
         v2store_check_reads_wal: match (major, minor) {
-            (3, 5) => version.patch >= 32,
-            (3, 6) => version.patch >= 13,
+            (3, 5) => version >= Version::new(3, 5, 32),
+            (3, 6) => version >= Version::new(3, 6, 13),
             _ => false,
         },
         upgrade_floor: match (major, minor) {
@@ -188,6 +199,9 @@ mod tests {
         assert_eq!(with(|c| c.put_ignore_value), ["3.2.32", "3.3.25", "3.4.23", "3.5.16", "3.6.14", "3.7.1"]);
         assert_eq!(with(|c| c.max_txn_ops_flag), ["3.3.25", "3.4.23", "3.5.16", "3.6.14", "3.7.1"]);
         assert_eq!(with(|c| c.etcdutl), ["3.5.16", "3.6.14", "3.7.1"]);
+        assert_eq!(with(|c| c.restore_bumps_revision), ["3.5.16", "3.6.14", "3.7.1"]);
+        assert!(!caps("3.5.1").restore_bumps_revision);
+        assert_eq!(with(|c| c.opens_newer_restore), ["3.3.25", "3.4.23", "3.5.16", "3.6.14", "3.7.1"]);
         assert_eq!(with(|c| c.lease_time_to_live)[0], "3.1.20");
         assert_eq!(with(|c| c.downgrade_api), ["3.6.14", "3.7.1"]);
     }

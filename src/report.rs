@@ -73,11 +73,14 @@ fn render_plan_text(
     if plan.steps.is_empty() {
         return out + "already at target: no steps, etcd starts directly\n";
     }
-    out += &format!("{:>3}  {:<18} {:<14} {:<14} {}\n", "#", "step", "from", "to", "backup first");
+    // States are as wide as their versions (`3.4.13-rc.0/etcd3`): the columns are as wide as the widest.
+    let states = plan.steps.iter().flat_map(|step| [step.before().to_string(), step.after().to_string()]);
+    let width = states.map(|state| state.len()).max().unwrap_or(0).max(14);
+    out += &format!("{:>3}  {:<18} {:<width$} {:<width$} {}\n", "#", "step", "from", "to", "backup first");
     for (i, step) in plan.steps.iter().enumerate() {
         let backup = if plan.backup_before(i) { "yes" } else { "" };
         out += &format!(
-            "{:>3}  {:<18} {:<14} {:<14} {}\n",
+            "{:>3}  {:<18} {:<width$} {:<width$} {}\n",
             i + 1,
             step.name(),
             step.before().to_string(),

@@ -5,6 +5,7 @@ mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -39,6 +40,35 @@ fn upgrades_3_3_to_3_5_through_3_4_and_execs_the_target_with_every_key() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("data-backup-3.3.25-etcd3"))
         .collect();
     assert_eq!(backups.len(), 1, "one backup, before the first step");
+}
+
+/// On a filesystem that clones (XFS with reflinks), each file of the backup is a clone of the data's
+/// (`filefrag` shows its extents shared), verified by its digest, and etcd serves every key from it.
+#[test]
+fn a_backup_on_xfs_is_a_clone_that_etcd_serves_every_key_from() {
+    let Some(xfs) = Xfs::mount() else { return };
+    let data = xfs.path().join("data");
+    let peer = peer_url();
+    let keys = sample_keys();
+    make_etcd3_data("3.4.23", &data, &peer, &keys);
+    let output = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]).run();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let backup = fs::read_dir(xfs.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("data-backup-3.4.23-etcd3"))
+        .expect("a backup beside the data dir")
+        .path();
+    etcd_migrate::backup::verify(&backup).expect("the backup verifies against its manifest");
+    let db = backup.join("member/snap/db");
+    let extents = Command::new("filefrag").arg("-v").arg(&db).output().expect("filefrag (e2fsprogs) runs");
+    assert!(String::from_utf8_lossy(&extents.stdout).contains("shared"), "{}", stderr(&extents));
+
+    let served = xfs.path().join("served");
+    fs::create_dir(&served).unwrap();
+    fs::rename(backup.join("member"), served.join("member")).unwrap();
+    let etcd = TestEtcd::start_with("3.4.23", &served, "m", &peer, &[]);
+    assert_eq!(etcd.all_keys(), keys, "etcd serves every key from the cloned backup");
 }
 
 #[test]
@@ -155,6 +185,23 @@ fn missing_version_file_is_read_from_the_db_or_refused() {
     assert_eq!(version_txt(&data), "3.5.16/etcd3");
     let etcd = TestEtcd::start_with("3.5.16", &data, "m", &peer, &[]);
     assert_eq!(etcd.all_keys(), keys);
+}
+
+/// Values larger than a page live in overflow pages, which counting the revisions does not read: the
+/// count is still every revision.
+#[test]
+fn status_counts_the_revisions_of_a_db_of_values_larger_than_a_page() {
+    let dir = TempDir::new("large-values");
+    let data = dir.join("data");
+    let etcd = TestEtcd::start("3.5.16", &data);
+    for i in 0..8 {
+        etcd.put(&format!("/registry/large-{i}"), &format!("{i}").repeat(100 << 10));
+    }
+    drop(etcd);
+    fs::write(data.join("version.txt"), "3.5.16/etcd3").unwrap();
+    let output = Migrator::new(&data, &peer_url()).args(&["status"]).run();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("etcd 3.5 (8 v3 revisions)"), "{said}");
 }
 
 #[test]
@@ -304,10 +351,22 @@ fn tolerates_what_kubernetes_tolerated_crlf_pre_releases_and_an_unbundled_target
     let dir = TempDir::new("tolerance");
     let peer = peer_url();
     let keys = sample_keys();
-    for (written, name) in [(" 3.4.23/etcd3\r\n", "crlf"), ("3.4.0-rc.1/etcd3\n", "rc")] {
+    for (written, name) in [(" 3.4.23/etcd3\r\n", "crlf"), ("3.4.13-rc.0/etcd3\n", "rc")] {
         let data = dir.join(name);
         make_etcd3_data("3.4.23", &data, &peer, &keys);
         fs::write(data.join("version.txt"), written).unwrap();
+        let said = written.trim();
+        // A pre-release is shown back as written, and is of its minor: 3.4 is left from 3.4.23.
+        let status = Migrator::new(&data, &peer).args(&["status"]).run();
+        assert!(String::from_utf8_lossy(&status.stdout).contains(said), "{}", stderr(&status));
+        let plan = Migrator::new(&data, &peer)
+            .args(&["plan", "--target-version", "3.5.16", "--bundled-versions", "3.4.23,3.5.16"])
+            .run();
+        let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+        let first = plan.lines().find(|line| line.trim_start().starts_with("1 ")).unwrap_or_default();
+        let first: Vec<&str> = first.split_whitespace().collect();
+        assert_eq!(first[..3], ["1", "in-place", said], "{plan}");
+        assert_eq!(first[3], if name == "rc" { "3.4.23/etcd3" } else { "3.5.16/etcd3" }, "{plan}");
         // 3.5.9 is not bundled, 3.5.16 is: what Kubernetes' manifests, templating the version apart from
         // the image, may ask.
         let output = Migrator::new(&data, &peer)
@@ -318,5 +377,41 @@ fn tolerates_what_kubernetes_tolerated_crlf_pre_releases_and_an_unbundled_target
         assert_eq!(version_txt(&data), "3.5.16/etcd3", "what really ran is recorded");
         let etcd = TestEtcd::start_with("3.5.16", &data, "m", &peer, &[]);
         assert_eq!(etcd.all_keys(), keys);
+    }
+}
+
+/// With --migrate-only there is nothing to exec: data already at the version asked needs nothing, bundled
+/// or not (a pre-release, or a patch the image does not carry), and says so in one line. Without it, the
+/// target must be bundled to be exec'd.
+#[test]
+fn migrate_only_at_an_unbundled_target_has_nothing_to_do() {
+    let dir = TempDir::new("at-unbundled-target");
+    let data = dir.join("data");
+    let peer = peer_url();
+    make_etcd3_data("3.4.23", &data, &peer, &sample_keys());
+    // No etcd-3.4.13 anywhere; the data is 3.4 data.
+    for (state, bundled) in [("3.4.13/etcd3", "3.5.16"), ("3.4.13-rc.0/etcd3", "3.4.23,3.5.16")] {
+        let (version, _) = state.split_once('/').unwrap();
+        fs::write(data.join("version.txt"), format!("{state}\n")).unwrap();
+        let before = tree_fingerprint(&data);
+        let run = |extra: &[&str]| {
+            Migrator::new(&data, &peer)
+                .args(&["--target-version", version, "--bundled-versions", bundled])
+                .args(extra)
+                .run()
+        };
+        let output = run(&["--migrate-only"]);
+        let log = stderr(&output);
+        assert_eq!(output.status.code(), Some(0), "{state}: {log}");
+        assert_eq!(log.lines().count(), 1, "{state}: one line: {log}");
+        assert!(log.contains("nothing to do, nothing to exec"), "{state}: {log}");
+        assert_eq!(tree_fingerprint(&data), before, "{state}: nothing written");
+
+        if bundled == "3.5.16" {
+            let output = run(&[]);
+            assert_eq!(output.status.code(), Some(2), "{state}: without --migrate-only it must exec etcd");
+            assert!(stderr(&output).contains(&format!("etcd-{version}")), "{}", stderr(&output));
+            assert_eq!(tree_fingerprint(&data), before);
+        }
     }
 }

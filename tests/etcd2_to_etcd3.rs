@@ -113,12 +113,37 @@ fn a_run_killed_right_after_etcdctl_migrate_recovers_from_the_backup() {
     assert!(Pause::at("etcdctl-migrate-done").kill_there(migrator), "the run reached etcdctl migrate");
     assert_eq!(version_txt(&data), "3.3.25/etcd2", "version.txt still names the last completed step");
     assert!(data.join(".etcd-migrate/journal.json").exists(), "the unfinished conversion is recorded");
+    let backup = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("data-backup-3.3.25-etcd2-"))
+        .expect("the backup before the conversion")
+        .path();
+    assert_sparse_wal(&backup);
 
     let output = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]).run();
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(stderr(&output).contains("restored the data from before the unfinished conversion"));
     check_converted(&data, &peer, &keys);
     assert!(!data.join(".etcd-migrate/journal.json").exists());
+}
+
+/// The restore above is from a sparse backup: each WAL segment etcd preallocated (64 MB, a few kB of
+/// records) has its unwritten part as a hole in the backup.
+fn assert_sparse_wal(backup: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let segments: Vec<_> = std::fs::read_dir(backup.join("member/wal")).unwrap().flatten().collect();
+    assert!(!segments.is_empty());
+    for segment in segments {
+        let meta = segment.metadata().unwrap();
+        assert!(
+            meta.blocks() * 512 < meta.len() / 2,
+            "{}: {} of {} bytes allocated",
+            segment.path().display(),
+            meta.blocks() * 512,
+            meta.len()
+        );
+    }
 }
 
 /// A Kubernetes cluster's events expire all the time, while it converts too: a key read from v2 whose

@@ -90,7 +90,13 @@ fn every_refusal_exits_2_with_the_data_dir_byte_identical_folders_included() {
             "remove one of them",
             Box::new(|_, _, m| (m.args(&["--assume-current-version", "3.3.25/etcd3"]), nothing())),
         ),
-        ("a target not bundled", "3.9.0", "is missing or not executable", Box::new(|_, _, m| (m, nothing()))),
+        // With --migrate-only nothing is exec'd: the planner refuses the target it cannot reach.
+        (
+            "a target not bundled",
+            "3.9.0",
+            "target etcd 3.9.0 is not bundled",
+            Box::new(|_, _, m| (m, nothing())),
+        ),
         (
             "a bundle whose etcd reports another version",
             "3.5.16",

@@ -65,6 +65,7 @@ fn the_whole_chain_down_from_3_7_to_2_2_etcd2_for_json_data() {
     let (keys, ttls) = leased_fixture("3.7.1", &data, &peer);
     let etcd = TestEtcd::start_with("3.7.1", &data, "m", &peer, &[]);
     let before = revisions_and_leases(&etcd);
+    let revision_before = block_on(current_revision(&etcd.endpoint()));
     drop(etcd);
 
     let plan = Migrator::new(&data, &peer).args(&["plan", "--target-version", "3.0.17"]).run();
@@ -81,6 +82,8 @@ fn the_whole_chain_down_from_3_7_to_2_2_etcd2_for_json_data() {
         etcd.v3_key_values().into_iter().map(|kv| (String::from_utf8(kv.key).unwrap(), kv.value)).collect();
     assert_eq!(values, keys);
     assert_eq!(revisions_and_leases(&etcd), before, "the same revisions and lease ids on 3.0.17");
+    // Revisions kept: a watch resumed at the old revision + 1 misses nothing.
+    assert!(block_on(current_revision(&etcd.endpoint())) >= revision_before, "the revision never goes back");
     drop(etcd);
 
     let output = Migrator::new(&data, &peer)
@@ -125,7 +128,8 @@ fn data_from_3_4_goes_up_to_3_7_and_back_to_3_6_with_keys_and_leases() {
 }
 
 /// The logical copy, the fallback when the older etcdctl cannot restore a snapshot, down to 3.0 (over
-/// gRPC, which 3.0 serves): every key and value, and the leases regrouped as they were.
+/// gRPC, which 3.0 serves): every key and value, the leases regrouped as they were, and the revision
+/// above the source's with everything below compacted (raised through the API for 3.1 and 3.0).
 #[test]
 fn a_logical_copy_rebuilds_3_2_data_on_3_0() {
     if !releases_present(&["3.0.17", "3.1.20", "3.2.32"]) {
@@ -135,6 +139,9 @@ fn a_logical_copy_rebuilds_3_2_data_on_3_0() {
     let data = dir.join("data");
     let peer = free_peer_url();
     let (keys, ttls) = leased_fixture("3.2.32", &data, &peer);
+    let etcd = TestEtcd::start_with("3.2.32", &data, "m", &peer, &[]);
+    let before = block_on(current_revision(&etcd.endpoint()));
+    drop(etcd);
 
     let output = Migrator::new(&data, &peer)
         .args(&["--target-version", "3.0.17", "--migrate-only", "--downgrade-method", "logical"])
@@ -143,6 +150,10 @@ fn a_logical_copy_rebuilds_3_2_data_on_3_0() {
     assert_eq!(stderr(&output).matches("path: logical copy").count(), 2, "{}", stderr(&output));
     assert_eq!(version_txt(&data), "3.0.17/etcd3");
     let etcd = TestEtcd::start_with("3.0.17", &data, "m", &peer, &[]);
+    // Above the source's revision, compacted below: a resumed watch is told so and relists (3.0 says so
+    // without cancelling the watch).
+    assert!(block_on(current_revision(&etcd.endpoint())) > before + 1);
+    assert!(resumed_watch_compacted_at(&etcd.endpoint(), before + 1, false) > before + 1);
     let kvs = etcd.v3_key_values();
     let values: BTreeMap<String, Vec<u8>> =
         kvs.iter().map(|kv| (String::from_utf8(kv.key.clone()).unwrap(), kv.value.clone())).collect();

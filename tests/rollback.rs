@@ -34,6 +34,61 @@ fn a_failed_snapshot_restore_falls_back_to_a_logical_copy_of_keys_and_leases() {
     check_copied_leases(&etcd, &ttls);
 }
 
+/// A logical copy cannot keep revisions, so it ends above the source's, everything below compacted: a
+/// watcher (an API server's cache) resuming where it stood is told "compacted" and relists, and the list
+/// has every key, value and lease. By etcd's own restore (`etcdutl --bump-revision --mark-compacted`,
+/// here 3.5.30's for a 3.4.23 copy), and through the API where no bundled etcdutl can (3.3.25 and 3.4.23
+/// only).
+#[test]
+fn a_logical_copy_ends_above_the_source_revision_with_everything_below_compacted() {
+    for (from, to, bundled, how) in [
+        ("3.5.30", "3.4.23", None, "by etcdutl 3.5.30"),
+        ("3.4.23", "3.3.25", Some("3.3.25 3.4.23"), "through the API"),
+    ] {
+        let dir = TempDir::new("logical-copy-revision");
+        let data = dir.join("data");
+        let peer = free_peer_url();
+        let (keys, ttls) = leased_fixture(from, &data, &peer);
+        let etcd = TestEtcd::start_with(from, &data, "m", &peer, &[]);
+        let unleased =
+            keys.iter().filter(|(key, _)| !ttls.contains_key(*key)).map(|(k, v)| (k.clone(), v.clone()));
+        let before = rewrite_keys(&etcd, &unleased.collect(), 40);
+        assert!(
+            before > 20 * keys.len() as i64,
+            "the source's revision {before} is well above its key count"
+        );
+        drop(etcd);
+
+        let mut migrator = Migrator::new(&data, &peer).args(&[
+            "--target-version",
+            to,
+            "--migrate-only",
+            "--downgrade-method",
+            "logical",
+        ]);
+        if let Some(bundled) = bundled {
+            migrator = migrator.env("BUNDLED_VERSIONS", bundled);
+        }
+        let output = migrator.run();
+        let log = stderr(&output);
+        assert!(output.status.success(), "{log}");
+        assert!(log.contains("path: logical copy") && log.contains(how), "{from} -> {to} {how}: {log}");
+        assert_eq!(version_txt(&data), format!("{to}/etcd3"));
+
+        let etcd = TestEtcd::start_with(to, &data, "m", &peer, &[]);
+        let after = block_on(current_revision(&etcd.endpoint()));
+        assert!(after > before + 1, "{from} -> {to}: revision {after} after, {before} before");
+        let compacted = resumed_watch_compacted_at(&etcd.endpoint(), before + 1, true);
+        assert!(
+            compacted > before + 1,
+            "{from} -> {to}: compacted at {compacted}, resumed at {}",
+            before + 1
+        );
+        assert_eq!(etcd.all_keys(), keys, "{from} -> {to}: a fresh list sees every key and value");
+        check_copied_leases(&etcd, &ttls);
+    }
+}
+
 /// The keys of `ttls` are exactly those on leases, grouped as in [`leased_fixture`] (one lease per TTL),
 /// each lease granted what it had left when copied: no more than before, more than the shorter group's.
 fn check_copied_leases(etcd: &TestEtcd, ttls: &BTreeMap<String, i64>) {
@@ -55,6 +110,9 @@ fn downgrades_3_5_to_3_3_in_two_steps_then_execs_the_older_etcd() {
     let data = dir.join("data");
     let peer = format!("http://localhost:{}", free_port());
     let (keys, ttls) = leased_fixture("3.5.16", &data, &peer);
+    let etcd = TestEtcd::start_with("3.5.16", &data, "m", &peer, &[]);
+    let before = block_on(current_revision(&etcd.endpoint()));
+    drop(etcd);
 
     let plan = Migrator::new(&data, &peer).args(&["plan", "--target-version", "3.3.25"]).run();
     let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
@@ -66,6 +124,8 @@ fn downgrades_3_5_to_3_3_in_two_steps_then_execs_the_older_etcd() {
     assert_eq!(all_keys("3.3.25", &client), keys);
     let status = etcdctl("3.3.25", &client, &["endpoint", "status", "-w", "json"]);
     assert!(status.contains("\"version\":\"3.3.25\""), "{status}");
+    let endpoint = Endpoint::new(&client, &TlsFiles::default()).unwrap();
+    assert!(block_on(current_revision(&endpoint)) >= before, "snapshot restore keeps the revision");
     assert_eq!(version_txt(&data), "3.3.25/etcd3");
     drop(child);
 

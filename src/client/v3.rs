@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient, PutOptions, TlsOptions,
-    Txn, TxnOp, TxnOpResponse,
+    Certificate, CompactionOptions, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -349,6 +349,20 @@ impl V3Client {
             }
             Op::Delete { key } => TxnOp::delete(key, None),
         })
+    }
+
+    /// The store's newest revision.
+    pub async fn revision(&self) -> Result<i64, ClientError> {
+        let options = GetOptions::new().with_count_only();
+        let response = self.kv.clone().get(vec![0], Some(options)).await.map_err(|e| self.rpc_error(e))?;
+        Ok(response.header().map_or(0, |h| h.revision()))
+    }
+
+    /// Compacts the store at `revision`, its history removed before this returns.
+    pub async fn compact(&self, revision: i64) -> Result<(), ClientError> {
+        let options = CompactionOptions::new().with_physical();
+        self.kv.clone().compact(revision, Some(options)).await.map_err(|e| self.rpc_error(e))?;
+        Ok(())
     }
 
     pub async fn lease_grant(&self, ttl: i64) -> Result<i64, ClientError> {

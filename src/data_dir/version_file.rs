@@ -53,12 +53,10 @@ pub fn read(data_dir: &Path) -> Result<Option<EtcdState>, VersionFileError> {
 }
 
 /// `X.Y.Z/etcdN` as Kubernetes' tools accepted it: surrounding whitespace (the script's `echo` newline, a
-/// CRLF from an editor) is ignored, and a pre-release or build suffix (`3.4.0-rc.1`, semver's, as the Go
-/// `migrate` parsed it) counts as its release: only the minor decides the steps.
+/// CRLF from an editor) is ignored, and a pre-release or build part (`3.4.0-rc.1`, semver's, as the Go
+/// `migrate` parsed it) is kept as `Version` keeps it.
 fn parse_line(text: &str) -> Option<EtcdState> {
-    let (version, storage) = text.trim().split_once('/')?;
-    let release = version.split(['-', '+']).next()?;
-    format!("{release}/{storage}").parse().ok()
+    text.trim().parse().ok()
 }
 
 /// Replaces the version file atomically and durably.
@@ -117,13 +115,19 @@ mod tests {
         for (text, state) in [
             ("3.4.23/etcd3\n", "3.4.23/etcd3"),
             ("  3.4.23/etcd3 \r\n", "3.4.23/etcd3"),
-            ("3.4.0-rc.1/etcd3", "3.4.0/etcd3"),
-            ("3.5.0+build.7/etcd3\r\n", "3.5.0/etcd3"),
+            ("3.4.0-rc.1/etcd3", "3.4.0-rc.1/etcd3"),
+            ("3.4.13-rc.0/etcd3\n", "3.4.13-rc.0/etcd3"),
+            ("1.1.1-rc.0/etcd3", "1.1.1-rc.0/etcd3"),
+            ("3.5.0+build.7/etcd3\r\n", "3.5.0+build.7/etcd3"),
             ("2.2.1/etcd2", "2.2.1/etcd2"),
         ] {
-            assert_eq!(parse_line(text), Some(state.parse().unwrap()), "{text:?}");
+            let read = parse_line(text).unwrap();
+            assert_eq!(read.to_string(), state, "{text:?}: the file's own words are kept");
         }
-        for bad in ["", "3.4.23", "3.4/etcd3", "3.4.23/etcd4", "3.4.23/etcd3 extra", "v3.4.23/etcd3"] {
+        assert!(parse_line("3.4.0-rc.1/etcd3").unwrap().version < "3.4.0".parse().unwrap());
+        for bad in
+            ["", "3.4.23", "3.4/etcd3", "3.4.23/etcd4", "3.4.23/etcd3 extra", "v3.4.23/etcd3", "3.4.0-/etcd3"]
+        {
             assert_eq!(parse_line(bad), None, "{bad:?}");
         }
     }

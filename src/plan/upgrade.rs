@@ -89,6 +89,39 @@ mod tests {
         );
     }
 
+    /// A pre-release (Kubernetes' tests write `3.4.13-rc.0/etcd3`) is of its minor, below its release.
+    #[test]
+    fn a_pre_release_is_left_like_any_patch_of_its_minor() {
+        assert_eq!(
+            render("3.4.13-rc.0/etcd3", "3.5.16/etcd3", BUNDLE, PROTOBUF).unwrap(),
+            ["in-place 3.4.13-rc.0/etcd3 -> 3.4.23/etcd3", "in-place 3.4.23/etcd3 -> 3.5.16/etcd3"]
+        );
+        assert_eq!(
+            render("3.4.23-rc.0/etcd3", "3.4.23/etcd3", BUNDLE, PROTOBUF).unwrap(),
+            ["in-place 3.4.23-rc.0/etcd3 -> 3.4.23/etcd3"]
+        );
+        assert_eq!(
+            render("3.5.16-rc.1/etcd3", "3.3.25/etcd3", BUNDLE, PROTOBUF).unwrap(),
+            ["downgrade 3.5.16-rc.1/etcd3 -> 3.4.23/etcd3", "downgrade 3.4.23/etcd3 -> 3.3.25/etcd3"]
+        );
+        let bundle = "3.5.30 3.5.32-rc.0 3.6.14";
+        assert_eq!(
+            render("3.5.32-rc.0/etcd3", "3.5.32-rc.0/etcd3", bundle, PROTOBUF).unwrap(),
+            Vec::<String>::new()
+        );
+        let err = render("3.5.30/etcd3", "3.6.14/etcd3", bundle, PROTOBUF).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::BelowFloor {
+                from: "3.5.32-rc.0".parse().unwrap(),
+                from_minor: Minor::new(3, 5),
+                floor: Version::new(3, 5, 32),
+                to: Minor::new(3, 6)
+            },
+            "a pre-release of the floor is below it"
+        );
+    }
+
     #[test]
     fn upgrades_etcd2_data_in_etcd2_mode() {
         assert_eq!(

@@ -19,13 +19,13 @@ use tracing::{info, warn};
 
 use super::{Context, Proof, StepError, keyspace, logical_copy, swap_in};
 use crate::client::v3::LATEST;
-use crate::config::DowngradeMethod;
+use crate::config::{Config, DowngradeMethod};
 use crate::data_dir::journal::Journal;
 use crate::etcdctl::{Etcdctl, RestoreMember};
 use crate::faults;
 use crate::version::{EtcdState, Storage, Version};
 
-const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub(super) const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 pub async fn run(
     ctx: &Context<'_>,
@@ -73,17 +73,11 @@ async fn by_snapshot(
     info!(from = %from, keys = before.keys.count, "snapshot taken with etcd {source}");
 
     let restored = work.join("restored");
-    let member = RestoreMember {
-        name: &config.name,
-        initial_cluster: &config.initial_cluster,
-        initial_advertise_peer_urls: &config.initial_advertise_peer_urls,
-        skip_hash_check: false,
-    };
     if faults::fail("snapshot-restore") {
         return Err(StepError::FaultInjected { point: "snapshot-restore" });
     }
     Etcdctl::new(config.bundle.etcdctl(to.version), to.version)
-        .snapshot_restore(&snapshot, &restored, &member, ETCDCTL_TIMEOUT)
+        .snapshot_restore(&snapshot, &restored, &this_member(config), ETCDCTL_TIMEOUT)
         .await?;
     info!(to = %to, "snapshot restored with etcdctl {} (path: snapshot restore)", to.version);
     faults::pause_async("snapshot-restored").await;
@@ -105,4 +99,14 @@ async fn by_snapshot(
         source,
     })?;
     Ok(restored)
+}
+
+/// This member, as a snapshot restored for it must name it.
+pub(super) fn this_member(config: &Config) -> RestoreMember<'_> {
+    RestoreMember {
+        name: &config.name,
+        initial_cluster: &config.initial_cluster,
+        initial_advertise_peer_urls: &config.initial_advertise_peer_urls,
+        skip_hash_check: false,
+    }
 }

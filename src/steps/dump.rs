@@ -43,6 +43,8 @@ fn from_base64<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
 pub struct Dump {
     path: PathBuf,
     read_at: Instant,
+    /// The source's revision when it was read: the newest any of its watchers can have seen.
+    pub revision: i64,
 }
 
 impl Dump {
@@ -59,7 +61,7 @@ impl Dump {
         let mut ttls: HashMap<i64, i64> = HashMap::new();
         let read_at = Instant::now();
         let progress = Progress::start("dumping keys", Unit::Keys, None);
-        client
+        let revision = client
             .for_each_page(start, end, LATEST, async |kvs| {
                 progress.add(kvs.len() as u64);
                 for kv in kvs {
@@ -86,7 +88,7 @@ impl Dump {
             })
             .await?;
         out.flush().map_err(io_error("writing", path))?;
-        Ok(Dump { path: path.to_path_buf(), read_at })
+        Ok(Dump { path: path.to_path_buf(), read_at, revision })
     }
 
     /// The records, in key order.
@@ -133,7 +135,7 @@ mod tests {
     #[test]
     fn a_key_is_expired_with_less_than_the_margin_left_and_copied_with_what_is_left_rounded_down() {
         let now = Instant::now();
-        let dump = Dump { path: PathBuf::new(), read_at: now - Duration::from_secs(10) };
+        let dump = Dump { path: PathBuf::new(), read_at: now - Duration::from_secs(10), revision: 0 };
         let margin = EXPIRY_MARGIN.as_secs() as i64;
         assert!(dump.expired(10 + margin - 1, now), "under the margin left");
         assert!(!dump.expired(10 + margin + 1, now), "over the margin left");

@@ -7,7 +7,16 @@
 //! than [`EXPIRY_MARGIN`](super::leases::EXPIRY_MARGIN) left are not copied, or are deleted from the copy
 //! just before it is read, and the proof counts them as the source had them.
 //!
-//! Revisions start over in the copy, so watchers must relist, as after a rollback.
+//! Revisions cannot be copied, and a watcher (a Kubernetes API server's cache) resumes at the revision it
+//! last saw, + 1: a copy at a lower revision would leave it waiting silently for revisions that come much
+//! later, its lists stale. So the copy ends above the source's revision with everything below compacted,
+//! as `etcdutl snapshot restore --bump-revision --mark-compacted` leaves a restored member (etcd issue
+//! 16028): a resumed watch is answered "compacted" and its client relists, seeing every key. The newest
+//! bundled etcdutl that can ([`restore_bumps_revision`](crate::release::Capabilities)) restores a snapshot
+//! of the copy, which the older target opens (3.4.23 and 3.3.25 with etcdutl 3.5.30, measured); its cost
+//! does not grow with the revision. Without such an etcdutl, or for a target not measured to open what it
+//! writes (3.0–3.2), the copy's revision is raised through the API, one transaction per revision, and
+//! compacted there.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,20 +24,28 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
+use super::downgrade::{ETCDCTL_TIMEOUT, this_member};
 use super::dump::Dump;
 use super::in_flight::InFlight;
 use super::{Context, Proof, StepError};
 use crate::client::v3::{LATEST, Op, V3Client, max_txn_ops};
+use crate::etcd_process::EtcdProcess;
+use crate::etcdctl::Etcdctl;
 use crate::faults;
 use crate::progress::{Progress, Unit};
+use crate::release::{self, Tool};
 use crate::verify::{self, ContentsDigest};
 use crate::version::{EtcdState, Storage, Version};
 
 /// Bytes of keys and values per transaction, well under etcd's default request limit (1.5 MiB).
 const TXN_BYTES: usize = 512 * 1024;
 
-/// Rebuilds the member in `work/copied` with etcd `to` from the data dir's member run by `source`;
-/// returns the directory to swap in.
+/// The key raised through the API is written to, then deleted and compacted away. Were a source key
+/// named so, the proof would find it missing.
+const SCRATCH_KEY: &[u8] = b"\0etcd-migrate/raising-the-revision";
+
+/// Rebuilds the member with etcd `to` from the data dir's member run by `source`, in `work/copied` (then
+/// `work/bumped` where etcdutl raises its revision); returns the directory to swap in.
 pub async fn rebuild(
     ctx: &Context<'_>,
     source: Version,
@@ -54,8 +71,25 @@ pub async fn rebuild(
     import(&client, &dump, before.keys.count).await?;
     faults::pause_async("logical-copy-imported").await;
     let expired = remove_expired(&client, &dump).await?;
-    let (mut after, _) = verify::contents_digest(&client, LATEST, Some(before.keys.count)).await?;
+    // Watchers resume at the newest revision they saw, + 1; the copy must be compacted above that.
+    let resumed_at = dump.revision + 1;
+    let etcdutl = release::capabilities(to.version)
+        .opens_newer_restore
+        .then(|| ctx.config.bundle.newest_that(|can| can.restore_bumps_revision))
+        .flatten();
+    let (etcd, copied) = match etcdutl {
+        Some(etcdutl) => restore_above(ctx, etcd, &client, to.version, etcdutl, resumed_at, work).await?,
+        None => {
+            raise_revision(&client, resumed_at).await?;
+            (etcd, copied)
+        }
+    };
+    let client = V3Client::connect(etcd.endpoint().clone()).await?;
+    let (mut after, read_at) = verify::contents_digest(&client, LATEST, Some(before.keys.count)).await?;
     ctx.stop(etcd).await?;
+    if read_at <= resumed_at {
+        return Err(StepError::RevisionNotAbove { source_revision: dump.revision, copy: read_at });
+    }
     after.add_all(&expired);
     let after = after.finish();
     if after != before {
@@ -68,14 +102,77 @@ pub async fn rebuild(
     info!(
         keys = after.keys.count,
         expired = expired.count(),
-        "etcd {} serves the same keys and leases (path: logical copy)",
+        source_revision = dump.revision,
+        revision = read_at,
+        "etcd {} serves the same keys and leases above the source's revision, compacted there (path: logical copy)",
         to.version
     );
     warn!(
-        "revisions start over in a logical copy: restart the API servers and other watchers so they relist"
+        "a logical copy keeps no history: a watcher resuming from before is told its revision is compacted, and relists"
     );
     dump.remove()?;
     Ok(copied)
+}
+
+/// Moves the copy that `etcd` serves above revision `resumed_at`, everything below compacted: a snapshot of
+/// it restored by `etcdutl` of release `etcdutl` with `--bump-revision --mark-compacted` into
+/// `work/bumped`, where etcd `to` is started; returns it and that directory. The copy is removed (room).
+async fn restore_above(
+    ctx: &Context<'_>,
+    etcd: EtcdProcess,
+    client: &V3Client,
+    to: Version,
+    etcdutl: Version,
+    resumed_at: i64,
+    work: &Path,
+) -> Result<(EtcdProcess, PathBuf), StepError> {
+    let config = ctx.config;
+    let snapshot = work.join("copy.db");
+    let bump = (resumed_at + 1 - client.revision().await?).max(1) as u64;
+    Etcdctl::new(config.bundle.etcdctl(to), to)
+        .snapshot_save(etcd.endpoint().base_url(), &config.client_tls, &snapshot, ETCDCTL_TIMEOUT)
+        .await?;
+    ctx.stop(etcd).await?;
+    let bumped = work.join("bumped");
+    Etcdctl::new(config.bundle.binary(Tool::Etcdutl, etcdutl), etcdutl)
+        .snapshot_restore_bumped(&snapshot, &bumped, &this_member(config), bump, ETCDCTL_TIMEOUT)
+        .await?;
+    info!(bump, "the copy restored above the source's revision by etcdutl {etcdutl}");
+    let copied = work.join("copied");
+    std::fs::remove_file(&snapshot).map_err(|source| StepError::Io {
+        action: "removing",
+        path: snapshot.clone(),
+        source,
+    })?;
+    std::fs::remove_dir_all(&copied).map_err(|source| StepError::Io {
+        action: "removing",
+        path: copied.clone(),
+        source,
+    })?;
+    let etcd = ctx.start_healthy(to, Storage::Etcd3, &bumped).await?;
+    Ok((etcd, bumped))
+}
+
+/// Raises the revision of `client`'s etcd above `resumed_at` through the API, when no bundled etcdutl can:
+/// one put of a scratch key per revision (its cost grows with the gap: see ARCHITECTURE.md), the key
+/// deleted, then the store compacted at its newest revision.
+async fn raise_revision(client: &V3Client, resumed_at: i64) -> Result<(), StepError> {
+    let mut revision = client.revision().await?;
+    let gap = (resumed_at + 1 - revision).max(0) as u64;
+    let progress = Progress::start("raising the revision", Unit::Revisions, Some(gap));
+    let mut txns = InFlight::new(client);
+    while revision <= resumed_at {
+        txns.send(Vec::new(), vec![Op::Put { key: SCRATCH_KEY.to_vec(), value: Vec::new(), lease: 0 }])
+            .await?;
+        progress.add(1);
+        revision += 1;
+    }
+    txns.finish().await?;
+    client.txn(Vec::new(), vec![Op::Delete { key: SCRATCH_KEY.to_vec() }]).await?;
+    let revision = client.revision().await?;
+    client.compact(revision).await?;
+    info!(revision, "the copy's revision raised through the API and compacted there");
+    Ok(())
 }
 
 /// Writes the dump into `client`'s etcd: each source lease granted anew with what is left of its TTL,

@@ -57,6 +57,10 @@ pub enum StepError {
     Lost { before: Summary, after: Summary },
     #[error("{proof} differs: before {before}, after {after}")]
     Differs { proof: Proof, before: Box<Contents>, after: Box<Contents> },
+    #[error(
+        "the logical copy ended at revision {copy}, not above the source's {source_revision} + 1: a watcher resuming there would wait for revisions that come later"
+    )]
+    RevisionNotAbove { source_revision: i64, copy: i64 },
     #[error("{action} {path}: {source}")]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
     #[error("reading a record of {path}: {source}")]
@@ -155,6 +159,7 @@ impl Context<'_> {
             initial_cluster_state: None,
             enable_v2: storage == Storage::Etcd2 && release::capabilities(version).enable_v2_flag,
             extra_args: config.extra_args.clone(),
+            lone_member: !config.is_cluster_member(),
         }
     }
 

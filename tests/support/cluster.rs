@@ -8,17 +8,20 @@ use std::fs::{self, File};
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, PutOptions};
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, PutOptions, SortOrder, SortTarget, WatchOptions,
+};
 use etcd_migrate::client::v3::{LATEST, V3Client, connect_options, versions};
 use etcd_migrate::client::{ClientError, Endpoint, TlsFiles, health};
 use etcd_migrate::etcd_process::{EtcdProcess, EtcdSpec};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::netns::Network;
 use super::{Certs, KillOnDrop, Migrator, TempDir, block_on, etcd, etcdctl_binary, free_port, start_etcd};
 
 /// How long a member, or the whole cluster, may take to get where a test waits for it, on a busy 2-core
@@ -33,6 +36,8 @@ pub struct Member {
     pub data: PathBuf,
     pub client: String,
     pub peer: String,
+    /// The network namespace the member runs in (its own host), if not the test's.
+    pub netns: Option<String>,
 }
 
 pub struct Cluster {
@@ -99,16 +104,43 @@ impl Pod {
 }
 
 impl Cluster {
+    /// Three members on loopback.
     pub fn new(dir: &TempDir, certs: Option<&Certs>) -> Cluster {
+        Cluster::of_size(dir, 3, certs)
+    }
+
+    /// `size` members on loopback, on free ports.
+    pub fn of_size(dir: &TempDir, size: usize, certs: Option<&Certs>) -> Cluster {
         let scheme = if certs.is_some() { "https" } else { "http" };
-        let members: Vec<Member> = (0..3)
+        let members = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
                 data: dir.join(&format!("m{i}/data")),
                 client: format!("{scheme}://127.0.0.1:{}", free_port()),
                 peer: format!("{scheme}://127.0.0.1:{}", free_port()),
+                netns: None,
             })
             .collect();
+        Cluster::of_members(dir, members, certs)
+    }
+
+    /// One member on each host of `network`, each host its own network namespace: etcd's own ports
+    /// on the host's address, plain HTTP.
+    pub fn on_hosts(dir: &TempDir, network: &Network) -> Cluster {
+        let members = (0..network.hosts())
+            .map(|i| Member {
+                name: format!("m{i}"),
+                data: dir.join(&format!("m{i}/data")),
+                client: format!("http://{}:2379", network.address(i)),
+                peer: format!("http://{}:2380", network.address(i)),
+                netns: Some(network.host(i)),
+            })
+            .collect();
+        Cluster::of_members(dir, members, None)
+    }
+
+    fn of_members(dir: &TempDir, members: Vec<Member>, certs: Option<&Certs>) -> Cluster {
+        let scheme = if certs.is_some() { "https" } else { "http" };
         let initial_cluster =
             members.iter().map(|m| format!("{}={}", m.name, m.peer)).collect::<Vec<_>>().join(",");
         let tls = certs.map_or(Vec::new(), |c| {
@@ -157,6 +189,7 @@ impl Cluster {
             initial_cluster_state: None,
             enable_v2: false,
             extra_args: self.tls.iter().map(Into::into).collect(),
+            lone_member: false,
         }
     }
 
@@ -220,7 +253,12 @@ impl Cluster {
     /// The migrator for `member`, with the member's real identity, TLS and a hidden client URL.
     pub fn migrator(&self, member: &Member, target: &str) -> Migrator {
         let hidden = format!("{}://127.0.0.1:{}", self.scheme, free_port());
-        Migrator::new(&member.data, &member.peer).args(&[
+        let migrator = Migrator::new(&member.data, &member.peer);
+        let migrator = match &member.netns {
+            Some(host) => migrator.in_netns(host),
+            None => migrator,
+        };
+        migrator.args(&[
             "--target-version",
             target,
             "--name",
@@ -517,4 +555,116 @@ async fn write_until(
         }
     }
     acked
+}
+
+/// What a [`Watcher`] received: each put of the writer's keys, in the order received.
+pub struct Watched {
+    /// (revision, key, value)
+    pub puts: Vec<(i64, String, String)>,
+    /// How many times its stream broke and it resumed on another member.
+    pub resumed: usize,
+}
+
+/// Watches the writer's keys from `from_revision` on, as a Kubernetes API server's watch cache does:
+/// whenever its stream breaks (its member stopped, or the watch was cancelled), it resumes on the next
+/// member from the last revision it received + 1. Plain HTTP only.
+pub struct Watcher {
+    /// The revision it stops at once it has received it; `i64::MAX` while it runs.
+    until: Arc<AtomicI64>,
+    thread: JoinHandle<Watched>,
+}
+
+/// How long a watcher waits on a quiet stream before looking whether it may stop.
+const WATCH_POLL: Duration = Duration::from_millis(500);
+
+impl Watcher {
+    pub fn start(endpoints: Vec<Endpoint>, from_revision: i64) -> Watcher {
+        let until = Arc::new(AtomicI64::new(i64::MAX));
+        let stop_at = until.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(watch_until(&endpoints, from_revision, &stop_at))
+        });
+        Watcher { until, thread }
+    }
+
+    /// Waits until it has received every put up to `revision` (the last the writer's keys got), and
+    /// returns what it received.
+    pub fn stop_at(self, revision: i64) -> Watched {
+        self.until.store(revision, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+async fn watch_until(endpoints: &[Endpoint], from_revision: i64, until: &AtomicI64) -> Watched {
+    let mut watched = Watched { puts: Vec::new(), resumed: 0 };
+    let mut next = from_revision;
+    let mut at = 0;
+    let deadline = Instant::now() + SETTLE * 30;
+    loop {
+        assert!(Instant::now() < deadline, "the watcher never caught up (next revision {next})");
+        if next > until.load(Ordering::Relaxed) {
+            return watched;
+        }
+        let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
+        let opened = async {
+            let mut client = Client::connect([endpoints[at].base_url()], Some(options)).await?;
+            let watch = WatchOptions::new().with_prefix().with_start_revision(next);
+            client.watch(ACKED, Some(watch)).await
+        };
+        if let Ok(Ok(mut stream)) = tokio::time::timeout(PUT_TIMEOUT, opened).await {
+            loop {
+                let message = match tokio::time::timeout(WATCH_POLL, stream.message()).await {
+                    Err(_quiet) if next > until.load(Ordering::Relaxed) => return watched,
+                    Err(_quiet) => continue,
+                    Ok(message) => message,
+                };
+                let Ok(Some(response)) = message else { break };
+                assert_eq!(response.compact_revision(), 0, "no revision the watcher needed was compacted");
+                for event in response.events().iter().filter(|e| e.event_type() == EventType::Put) {
+                    let kv = event.kv().unwrap();
+                    let (key, value) = (kv.key_str().unwrap(), kv.value_str().unwrap());
+                    watched.puts.push((kv.mod_revision(), key.into(), value.into()));
+                    next = kv.mod_revision() + 1;
+                }
+                if response.canceled() {
+                    break;
+                }
+            }
+        }
+        watched.resumed += 1;
+        at = (at + 1) % endpoints.len();
+        // A member that refuses at once must not turn this into a busy loop.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The newest revision of the writer's keys on the member at `endpoint` (they are only ever put once).
+pub fn last_acked_revision(endpoint: &Endpoint) -> i64 {
+    block_on(async {
+        let options =
+            GetOptions::new().with_prefix().with_sort(SortTarget::Mod, SortOrder::Descend).with_limit(1);
+        let response = super::grpc(endpoint).await.get(ACKED, Some(options)).await.unwrap();
+        response.kvs().first().map_or(0, |kv| kv.mod_revision())
+    })
+}
+
+/// The watcher received every acknowledged put exactly once with its value, every put in strictly
+/// increasing revisions, and no key twice.
+pub fn check_watched(watched: &Watched, acked: &BTreeMap<String, String>) {
+    for pair in watched.puts.windows(2) {
+        assert!(pair[0].0 < pair[1].0, "revisions strictly increase: {:?} then {:?}", pair[0], pair[1]);
+    }
+    let mut seen = BTreeMap::new();
+    for (revision, key, value) in &watched.puts {
+        assert!(seen.insert(key, value).is_none(), "{key} received twice (again at revision {revision})");
+    }
+    let missed: Vec<&String> = acked.iter().filter(|(k, v)| seen.get(k) != Some(v)).map(|(k, _)| k).collect();
+    assert!(
+        missed.is_empty(),
+        "the watcher missed {} of {} acknowledged puts, first {:?}",
+        missed.len(),
+        acked.len(),
+        missed.first()
+    );
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod cluster;
+pub mod netns;
 pub mod scenarios;
 
 use std::collections::BTreeMap;
@@ -259,6 +260,7 @@ pub fn etcd_spec(version: &str, data_dir: &Path, name: &str, peer_url: &str, ext
         initial_cluster_state: None,
         enable_v2: release::capabilities(release_version).enable_v2_flag,
         extra_args: extra.iter().map(Into::into).collect(),
+        lone_member: true,
     }
 }
 
@@ -433,6 +435,21 @@ impl Migrator {
         Migrator { command, hidden_client_url: format!("http://127.0.0.1:{hidden_port}") }
     }
 
+    /// The same run inside network namespace `ns` (`ip netns exec` execs it: the same process), with the
+    /// same arguments and environment; arguments and variables added later go to the migrator too.
+    pub fn in_netns(self, ns: &str) -> Migrator {
+        let inner = self.command;
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns]).arg(inner.get_program()).args(inner.get_args()).env_clear();
+        for (key, value) in inner.get_envs() {
+            if let Some(value) = value {
+                command.env(key, value);
+            }
+        }
+        command.stdin(Stdio::null());
+        Migrator { command, hidden_client_url: self.hidden_client_url }
+    }
+
     pub fn args(mut self, args: &[&str]) -> Migrator {
         self.command.args(args);
         self
@@ -472,16 +489,7 @@ impl Migrator {
         }
         child.wait().unwrap();
         eprintln!("--- etcd-migrate stderr, until {marker:?}:\n{}", lines.join("\n"));
-        let hidden_etcds: Vec<u32> = lines
-            .iter()
-            .filter(|line| line.contains("hidden etcd is healthy"))
-            .filter_map(|line| line.split(" pid=").nth(1)?.parse().ok())
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !hidden_etcds.iter().all(|&pid| process_dead(pid)) {
-            assert!(Instant::now() < deadline, "hidden etcds {hidden_etcds:?} outlived the killed migrator");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_hidden_etcds_dead(&lines.join("\n"));
         killed
     }
 
@@ -504,6 +512,21 @@ impl Migrator {
         ]);
         migrator.command.stderr(Stdio::null());
         KillOnDrop(migrator.command.spawn().unwrap())
+    }
+}
+
+/// Waits until every hidden etcd a killed migrator said it started (`said`: its log) has died of its
+/// parent-death signal too, as a pod's processes are gone before it restarts.
+pub fn wait_hidden_etcds_dead(said: &str) {
+    let hidden_etcds: Vec<u32> = said
+        .lines()
+        .filter(|line| line.contains("hidden etcd is healthy"))
+        .filter_map(|line| line.split(" pid=").nth(1)?.parse().ok())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !hidden_etcds.iter().all(|&pid| process_dead(pid)) {
+        assert!(Instant::now() < deadline, "hidden etcds {hidden_etcds:?} outlived the killed migrator");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -657,6 +680,16 @@ impl PausedRun {
         self.0.as_ref().expect("not waited for yet").id()
     }
 
+    /// SIGKILLs the paused run, as a node's crash would, and returns its log once it and the hidden
+    /// etcds it started are gone.
+    pub fn kill(mut self) -> String {
+        let mut child = self.0.take().expect("not waited for yet");
+        child.kill().unwrap();
+        let said = stderr(&child.wait_with_output().unwrap());
+        wait_hidden_etcds_dead(&said);
+        said
+    }
+
     pub fn wait_with_output(mut self) -> Output {
         self.0.take().expect("not waited for yet").wait_with_output().unwrap()
     }
@@ -705,6 +738,50 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// An XFS filesystem with reflinks (`FICLONE`) on a loop device over an image in a temp dir, unmounted
+/// on drop: where a backup is a clone.
+pub struct Xfs {
+    mount_point: TempDir,
+    _image: TempDir,
+}
+
+impl Xfs {
+    pub fn mount() -> Option<Xfs> {
+        let image_dir = TempDir::new("xfs-image");
+        let image = image_dir.join("xfs.img");
+        fs::File::create(&image).unwrap().set_len(512 << 20).unwrap();
+        let mount_point = TempDir::new("xfs");
+        let made = Command::new("mkfs.xfs").args(["-q", "-m", "reflink=1"]).arg(&image).output();
+        let mounted = made.and_then(|made| {
+            if !made.status.success() {
+                return Ok(made);
+            }
+            Command::new("mount").args(["-o", "loop"]).arg(&image).arg(mount_point.path()).output()
+        });
+        match mounted {
+            Ok(output) if output.status.success() => Some(Xfs { mount_point, _image: image_dir }),
+            failed => {
+                let why = failed.map_or_else(|e| e.to_string(), |o| stderr(&o));
+                cannot_run(&format!(
+                    "cannot make and mount an XFS image (needs xfsprogs, root, a loop device): {}",
+                    why.trim()
+                ));
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.mount_point.path()
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mount_point.path()).status();
     }
 }
 
@@ -917,4 +994,45 @@ pub fn check_v2_keys(etcd: &TestEtcd, keys: &BTreeMap<String, Vec<u8>>, ttls: &B
             (before, after) => panic!("{key}: TTL {before:?} became {after:?}"),
         }
     }
+}
+
+/// Puts each of `keys` (keys without a lease) `times` more times with its own value, so the store's
+/// revision ends well above its key count, as a long-lived cluster's does. Returns that revision.
+pub fn rewrite_keys(etcd: &TestEtcd, keys: &BTreeMap<String, Vec<u8>>, times: usize) -> i64 {
+    block_on(async {
+        let mut client = grpc(&etcd.endpoint()).await;
+        for _ in 0..times {
+            for (key, value) in keys {
+                client.put(key.as_bytes(), value.clone(), None).await.unwrap();
+            }
+        }
+        current_revision(&etcd.endpoint()).await
+    })
+}
+
+/// The revision etcd says it compacted when a watch on the whole keyspace resumes at `revision`: its
+/// client must relist. From 3.3 on etcd also cancels the watch (`v3rpc/watch.go`: `canceled :=
+/// wresp.CompactRevision != 0`); 3.0-3.2 only say so, so `cancelled` says which to expect. Fails if the
+/// watch gets events instead, or no answer in a minute.
+pub fn resumed_watch_compacted_at(endpoint: &Endpoint, revision: i64, cancelled: bool) -> i64 {
+    block_on(async {
+        let options = etcd_client::WatchOptions::new().with_from_key().with_start_revision(revision);
+        let mut stream = grpc(endpoint).await.watch(vec![0], Some(options)).await.unwrap();
+        let answer = async {
+            loop {
+                let response = stream.message().await.unwrap().expect("the watch stream stays open");
+                assert!(
+                    response.events().is_empty(),
+                    "a watch resumed at {revision} got events: {response:?}"
+                );
+                if response.compact_revision() != 0 {
+                    assert_eq!(response.canceled(), cancelled, "a compacted watch is cancelled from 3.3 on");
+                    return response.compact_revision();
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), answer)
+            .await
+            .unwrap_or_else(|_| panic!("a watch resumed at {revision} was not told it is compacted"))
+    })
 }
