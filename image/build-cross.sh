@@ -17,12 +17,16 @@
 # the build scripts and proc-macros are built once. The build runs in a mount namespace of its own
 # (unshare), so nothing stays mounted when it ends, however it ends. Needs root.
 #
+# CROSS_PROFILE names another cargo profile than release (the tests' proofs use cross-test, which builds
+# faster); the binaries are in target/<triple>/<profile>/.
+#
 # The amd64 build is image/build-binary.sh.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 cache="${CROSS_TOOLCHAIN:-$HOME/.cache/etcd-migrate/cross-toolchain}"
 root="$cache/root" cargo_home="$cache/cargo"
+profile="${CROSS_PROFILE:-release}"
 
 # ARCH: Debian's architecture, Rust's target, the cross gcc's prefix, what readelf calls the machine.
 declare -A debian=([arm64]=arm64 [arm]=armhf [ppc64le]=ppc64el [s390x]=s390x)
@@ -110,9 +114,9 @@ for arch in "${arches[@]}"; do
   env+=("CARGO_TARGET_${variable}_LINKER=${gnu[$arch]}-gcc" "CARGO_TARGET_${variable}_RUSTFLAGS=-C target-feature=+crt-static")
   targets+=(--target "${rust[$arch]}")
 done
-in_root env "${env[@]}" sh -euc 'cd /src && cargo --quiet build --release "$@"' sh "${targets[@]}" >&2
+in_root env "${env[@]}" sh -euc 'cd /src && cargo --quiet build --profile "$@"' sh "$profile" "${targets[@]}" >&2
 for arch in "${arches[@]}"; do
-  binary="$cargo_home/target/${rust[$arch]}/release/etcd-migrate"
+  binary="$cargo_home/target/${rust[$arch]}/$profile/etcd-migrate"
   header=$(readelf -h "$binary")
   grep -q "Machine: *${machine[$arch]}" <<<"$header" || { echo "build-cross.sh: $binary is not an $arch binary" >&2; exit 1; }
   dynamic=$(readelf -d "$binary")
@@ -124,5 +128,5 @@ for arch in "${arches[@]}"; do
 done
 echo "built ${arches[*]} in $((SECONDS - start)) s" >&2
 for arch in "${arches[@]}"; do
-  echo "$arch $cargo_home/target/${rust[$arch]}/release/etcd-migrate"
+  echo "$arch $cargo_home/target/${rust[$arch]}/$profile/etcd-migrate"
 done
