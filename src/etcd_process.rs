@@ -53,8 +53,10 @@ pub struct EtcdSpec {
     pub initial_cluster_state: Option<String>,
     /// Pass `--enable-v2=true`: only releases with the flag accept it (see `release::Capabilities`).
     pub enable_v2: bool,
-    /// Extra flags (`ETCD_CREDS`): TLS files and the like.
+    /// Extra flags: the TLS that secures it (`run_ca`), the operator's others (`ETCD_CREDS`).
     pub extra_args: Vec<OsString>,
+    /// What its clients present to it and trust it by.
+    pub client_tls: TlsFiles,
 }
 
 impl EtcdSpec {
@@ -123,7 +125,7 @@ impl EtcdProcess {
         for url in spec.listen_client_urls.split(',').chain(spec.listen_peer_urls.split(',')) {
             ensure_port_free(url.trim())?;
         }
-        let endpoint = Endpoint::new(spec.client_url(), &TlsFiles::from_etcd_args(&spec.extra_args))?;
+        let endpoint = Endpoint::new(spec.client_url(), &spec.client_tls)?;
         let mut command = Command::new(&spec.binary);
         command
             .args(spec.args())

@@ -157,6 +157,7 @@ impl Cluster {
             initial_cluster_state: None,
             enable_v2: false,
             extra_args: self.tls.iter().map(Into::into).collect(),
+            client_tls: self.tls_files.clone(),
         }
     }
 
@@ -219,8 +220,12 @@ impl Cluster {
 
     /// The migrator for `member`, with the member's real identity, TLS and a hidden client URL.
     pub fn migrator(&self, member: &Member, target: &str) -> Migrator {
-        let hidden = format!("{}://127.0.0.1:{}", self.scheme, free_port());
-        Migrator::new(&member.data, &member.peer).args(&[
+        let hidden_port = free_port();
+        let hidden = format!("{}://127.0.0.1:{hidden_port}", self.scheme);
+        let mut migrator = Migrator::new(&member.data, &member.peer);
+        // Served over TLS by the run's authority, whatever the scheme asked.
+        migrator.hidden_client_url = format!("https://127.0.0.1:{hidden_port}");
+        migrator.args(&[
             "--target-version",
             target,
             "--name",
