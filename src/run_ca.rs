@@ -239,7 +239,9 @@ mod tests {
         assert_ne!(fs::read(second.client().ca.as_ref().unwrap()).unwrap(), ca);
         drop(second);
         assert!(!dir.exists());
-        assert!(!state.exists(), "the state dir it made is gone too");
+        let fresh = temp.path().join("fresh");
+        drop(RunAuthority::create(&fresh, &fresh.join("authority"), &[]).unwrap());
+        assert!(!fresh.exists(), "the state dir it made is gone too");
     }
 
     #[test]
