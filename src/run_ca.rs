@@ -104,8 +104,15 @@ impl RunAuthority {
 
     /// The hidden etcd's flags: the operator's (`operator`), without what secures its client listener
     /// (and, for a single member, its peer listener), then the run's for those. A member of a cluster
-    /// keeps the operator's peer TLS: its peers know the member by it.
-    pub fn hidden_etcd_args(&self, operator: &[OsString], single_member: bool) -> Vec<OsString> {
+    /// keeps the operator's peer TLS: its peers know the member by it. `client_tls` false (a release
+    /// that cannot serve its clients over TLS, `release::Capabilities::client_tls`): the client listener
+    /// gets none.
+    pub fn hidden_etcd_args(
+        &self,
+        operator: &[OsString],
+        single_member: bool,
+        client_tls: bool,
+    ) -> Vec<OsString> {
         let replaced = |name: &str| {
             CLIENT_TLS_FLAGS.contains(&name) || (single_member && etcd_flags::is_peer_tls_flag(name))
         };
@@ -118,7 +125,9 @@ impl RunAuthority {
             }
             args.push(format!("--{prefix}client-cert-auth").into());
         };
-        secure("");
+        if client_tls {
+            secure("");
+        }
         if single_member {
             secure("peer-");
         }
@@ -252,13 +261,13 @@ mod tests {
             ["--cert-file=/op.crt", "--client-cert-auth", "--peer-cert-file", "/p.crt", "--snapshot-count=5"]
                 .map(OsString::from)
                 .to_vec();
-        let single = authority.hidden_etcd_args(&operator, true);
+        let single = authority.hidden_etcd_args(&operator, true, true);
         let text: Vec<String> = single.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert!(!text.iter().any(|a| a.contains("/op.crt") || a.contains("/p.crt")), "{text:?}");
         assert!(text.contains(&"--snapshot-count=5".to_string()), "{text:?}");
         assert!(text.contains(&"--client-cert-auth".to_string()), "{text:?}");
         assert!(text.contains(&"--peer-client-cert-auth".to_string()), "{text:?}");
-        let member = authority.hidden_etcd_args(&operator, false);
+        let member = authority.hidden_etcd_args(&operator, false, true);
         let text: Vec<String> = member.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert!(text.contains(&"--peer-cert-file=/p.crt".to_string()), "{text:?}");
         assert!(!text.iter().any(|a| a.contains("/op.crt")), "{text:?}");

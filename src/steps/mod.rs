@@ -22,8 +22,8 @@ use tracing::{info, warn};
 
 use crate::backup::BackupError;
 use crate::bbolt::BboltError;
-use crate::client::ClientError;
 use crate::client::v3::{self, V3Client};
+use crate::client::{ClientError, TlsFiles};
 use crate::cluster::{self, PeerVersions};
 use crate::config::Config;
 use crate::data_dir::journal::{self, Journal, JournalError};
@@ -155,19 +155,29 @@ impl Context<'_> {
             true => run_ca::https_urls(&config.listen_peer_urls),
             false => config.listen_peer_urls.clone(),
         };
+        let client_tls = release::capabilities(version).client_tls;
+        let (listen_client_urls, client_files) = match client_tls {
+            true => (run_ca::https_urls(&config.listen_client_urls), self.authority.client().clone()),
+            false => {
+                warn!(
+                    "etcd {version} cannot serve gRPC over TLS: its hidden client listener is plain loopback"
+                );
+                (config.listen_client_urls.clone(), TlsFiles::default())
+            }
+        };
         EtcdSpec {
             binary: config.bundle.etcd(version),
             version,
             data_dir: data_dir.to_path_buf(),
             name: config.name.clone(),
-            listen_client_urls: run_ca::https_urls(&config.listen_client_urls),
+            listen_client_urls,
             listen_peer_urls,
             initial_advertise_peer_urls: config.initial_advertise_peer_urls.clone(),
             initial_cluster: config.initial_cluster.clone(),
             initial_cluster_state: None,
             enable_v2: storage == Storage::Etcd2 && release::capabilities(version).enable_v2_flag,
-            extra_args: self.authority.hidden_etcd_args(&config.extra_args, single_member),
-            client_tls: self.authority.client().clone(),
+            extra_args: self.authority.hidden_etcd_args(&config.extra_args, single_member, client_tls),
+            client_tls: client_files,
         }
     }
 
