@@ -300,9 +300,8 @@ pub struct Config {
     pub initial_cluster: String,
     /// The other members of `initial_cluster`: a member with any is a member of a cluster.
     pub peers: Vec<Peer>,
-    /// The TLS files of the hidden etcd's client URL and of its peer URL (`extra_args`), for the
-    /// migrator's clients of it and of its peers.
-    pub client_tls: TlsFiles,
+    /// The TLS files of the member's peer URL (`extra_args`), for asking its peers. (The hidden etcd's
+    /// client URL is secured by the run's authority, `run_ca`.)
     pub peer_tls: TlsFiles,
     pub data_prefix: String,
     pub ttl_keys_directory: String,
@@ -389,7 +388,6 @@ pub fn resolve(args: Args, env: impl Fn(&str) -> Option<String>) -> Result<Confi
         bundle,
         peers: cluster::peers(&initial_cluster, &name),
         initial_cluster,
-        client_tls: TlsFiles::from_etcd_args(&extra_args),
         peer_tls: TlsFiles::peer_from_etcd_args(&extra_args),
         extra_args,
         listen_client_urls: args.listen_client_urls.unwrap_or_else(|| format!("http://127.0.0.1:{port}")),

@@ -22,6 +22,10 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::durable::sync_dir;
 use crate::progress::{Progress, Unit};
 
+/// A copy's dirs and files keep their owner's bits alone: a backup holds every Secret of the cluster,
+/// readable by nobody but the migrator's user, whatever the source's modes or the umask.
+const OWNER_ONLY: u32 = 0o700;
+
 const BUFFER: usize = 1 << 20;
 /// Buffers on their way from a file's reader to its writer.
 const BUFFERS: usize = 4;
@@ -64,7 +68,7 @@ pub fn copy_tree(
     let mut dirs = vec![target.to_path_buf()];
     for entry in entries.iter().filter(|e| e.kind == Kind::Dir) {
         let to = target.join(&entry.relative);
-        fs::DirBuilder::new().mode(entry.mode & 0o7777).create(&to).map_err(io_error(&to))?;
+        fs::DirBuilder::new().mode(entry.mode & OWNER_ONLY).create(&to).map_err(io_error(&to))?;
         dirs.push(to);
     }
     let progress = Progress::start(what, Unit::Bytes, Some(entries.iter().map(|e| e.size).sum()));
@@ -224,7 +228,7 @@ impl TreeDigest {
 /// Nothing writes the source meanwhile (a backup holds the data dir's lock and no etcd runs on it), so a
 /// file whose size changed is an error, not a race to paper over.
 fn copy_file(from: &Path, to: &Path, entry: &Entry, progress: &Progress) -> Result<Vec<u8>, CopyError> {
-    let output = create_for_direct_writes(to, entry.mode & 0o7777).map_err(io_error(to))?;
+    let output = create_for_direct_writes(to, entry.mode & OWNER_ONLY).map_err(io_error(to))?;
     if clone(from, &output)? {
         // The copy shares the source's blocks: hashing the source hashes the copy's bytes.
         let (size, hash) = hash_file(from)?;
@@ -492,7 +496,7 @@ mod tests {
         assert_eq!(fs::read_link(target.join("a/link")).unwrap(), Path::new("b/big"));
         assert_eq!(
             (mode(&target), mode(&target.join("a/b")), mode(&target.join("small"))),
-            (0o700, 0o750, 0o640)
+            (0o700, 0o700, 0o600)
         );
         assert_eq!((copied.files, copied.bytes), (3, (BUFFERS * BUFFER + 3 * DIRECT_ALIGN + 5) as u64));
         assert_eq!(digest_tree(&target, &[]).unwrap(), copied);

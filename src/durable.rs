@@ -6,7 +6,7 @@
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Replaces `path` with `bytes`, atomically and durably.
@@ -26,10 +26,17 @@ pub struct Staged {
 /// Writes `bytes` to the temporary file beside `path` and fsyncs it.
 pub fn stage(path: &Path, bytes: &[u8]) -> io::Result<Staged> {
     let staged = Staged { temp: temp_path(path)?, target: path.to_path_buf(), committed: false };
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&staged.temp)?;
+    let mut file = create_private(&staged.temp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     Ok(staged)
+}
+
+/// Creates `path` (emptied if it exists) readable and writable by its owner alone (0600 whatever the
+/// umask; a file made before keeps its mode): every file the migrator writes in the data dir, its work
+/// dirs and its backups holds what etcd holds, and etcd's own files are 0600.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
 }
 
 /// `.<name>.tmp` beside `path`: in the same directory, so the rename is atomic.

@@ -57,7 +57,7 @@ const BOOL_FLAGS: &[&str] = &[
 ];
 
 /// The flags that secure the peer listener: the hidden etcd that rejoins the member's peers needs
-/// them, and nothing of the client side (it serves its clients on plain loopback).
+/// them, and nothing of the client side (the run's authority secures its client listener).
 const PEER_TLS_FLAGS: &[&str] = &[
     "peer-cert-file",
     "peer-key-file",
@@ -105,6 +105,23 @@ pub fn read(args: &[OsString]) -> Vec<Flag> {
         flags.push(Flag { name, value });
     }
     flags
+}
+
+/// Whether `name` is one of the flags that secure the peer listener.
+pub fn is_peer_tls_flag(name: &str) -> bool {
+    PEER_TLS_FLAGS.contains(&name)
+}
+
+/// `args` without the flags `drop` names, each kept flag as one argument in the form etcd reads back.
+pub fn without(args: &[OsString], drop: impl Fn(&str) -> bool) -> Vec<OsString> {
+    read(args)
+        .into_iter()
+        .filter(|flag| !drop(&flag.name))
+        .map(|flag| match flag.value {
+            Some(value) => flag_arg(&flag.name, &value),
+            None => format!("--{}", flag.name).into(),
+        })
+        .collect()
 }
 
 /// `-name=value` as one argument, in the form etcd reads back exactly.

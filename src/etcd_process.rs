@@ -65,10 +65,12 @@ pub struct EtcdSpec {
     pub initial_cluster_state: Option<String>,
     /// Pass `--enable-v2=true`: only releases with the flag accept it (see `release::Capabilities`).
     pub enable_v2: bool,
-    /// Extra flags (`ETCD_CREDS`): TLS files and the like.
+    /// Extra flags: the TLS that secures it (`run_ca`), the operator's others (`ETCD_CREDS`).
     pub extra_args: Vec<OsString>,
     /// A member with no peers: it elects itself as soon as etcd's timing allows (see [`LONE_MEMBER_TIMING`]).
     pub lone_member: bool,
+    /// What its clients present to it and trust it by.
+    pub client_tls: TlsFiles,
 }
 
 /// The election timing of a hidden etcd that is a lone member: a 10 ms heartbeat and a 50 ms election
@@ -157,7 +159,7 @@ impl EtcdProcess {
         for url in spec.listen_client_urls.split(',').chain(spec.listen_peer_urls.split(',')) {
             ensure_port_free(url.trim())?;
         }
-        let endpoint = Endpoint::new(spec.client_url(), &TlsFiles::from_etcd_args(&spec.extra_args))?;
+        let endpoint = Endpoint::new(spec.client_url(), &spec.client_tls)?;
         let mut command = Command::new(&spec.binary);
         command
             .args(spec.args())
@@ -398,6 +400,7 @@ mod tests {
             enable_v2: false,
             extra_args: extra_args.iter().map(OsString::from).collect(),
             lone_member,
+            client_tls: TlsFiles::default(),
         }
     }
 

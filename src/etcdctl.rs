@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
-use crate::client::TlsFiles;
+use crate::client::Endpoint;
 use crate::progress::Progress;
 use crate::release;
 use crate::version::{Minor, Version};
@@ -147,12 +147,11 @@ impl Etcdctl {
     /// `etcdctl snapshot save` from a running member.
     pub async fn snapshot_save(
         &self,
-        endpoint: &str,
-        tls: &TlsFiles,
+        endpoint: &Endpoint,
         file: &Path,
         timeout: Duration,
     ) -> Result<String, EtcdctlError> {
-        let mut args = client_args(endpoint, tls);
+        let mut args = client_args(endpoint);
         args.extend(["snapshot".into(), "save".into(), file.display().to_string()]);
         self.run(&args, timeout).await
     }
@@ -161,13 +160,12 @@ impl Etcdctl {
     /// minor `target`.
     pub async fn downgrade(
         &self,
-        endpoint: &str,
-        tls: &TlsFiles,
+        endpoint: &Endpoint,
         action: &str,
         target: Minor,
         timeout: Duration,
     ) -> Result<String, EtcdctlError> {
-        let mut args = client_args(endpoint, tls);
+        let mut args = client_args(endpoint);
         args.extend(["downgrade".into(), action.into(), target.to_string()]);
         self.run(&args, timeout).await
     }
@@ -175,11 +173,10 @@ impl Etcdctl {
     /// The storage version and downgrade job of the member at `endpoint` (3.6+).
     pub async fn storage_status(
         &self,
-        endpoint: &str,
-        tls: &TlsFiles,
+        endpoint: &Endpoint,
         timeout: Duration,
     ) -> Result<StorageStatus, EtcdctlError> {
-        let mut args = client_args(endpoint, tls);
+        let mut args = client_args(endpoint);
         args.extend(["endpoint".into(), "status".into(), "-w".into(), "json".into()]);
         let output = self.run(&args, timeout).await?;
         let unreadable = |error: String| EtcdctlError::Unreadable {
@@ -241,9 +238,11 @@ fn restore_args(snapshot: &Path, data_dir: &Path, member: &RestoreMember<'_>) ->
     args
 }
 
-/// The flags that reach the member at `endpoint`, with its client TLS files if it has them.
-fn client_args(endpoint: &str, tls: &TlsFiles) -> Vec<String> {
-    let mut args = vec!["--endpoints".into(), endpoint.into()];
+/// The flags that reach the member at `endpoint` with the TLS files its clients present and trust it by
+/// (etcdctl's v3 flags: only v3 calls reach a running etcd).
+fn client_args(endpoint: &Endpoint) -> Vec<String> {
+    let tls = endpoint.tls();
+    let mut args = vec!["--endpoints".into(), endpoint.base_url().into()];
     for (flag, path) in [("--cacert", &tls.ca), ("--cert", &tls.cert), ("--key", &tls.key)] {
         if let Some(path) = path {
             args.extend([flag.into(), path.display().to_string()]);

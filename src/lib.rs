@@ -26,6 +26,7 @@ pub mod preflight;
 pub mod progress;
 pub mod release;
 pub mod report;
+pub mod run_ca;
 pub mod steps;
 pub mod swap;
 pub mod verify;

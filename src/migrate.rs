@@ -17,6 +17,7 @@ use crate::data_dir::{self, Changing, Current, DataDir, DataDirError};
 use crate::durable;
 use crate::plan::{self, Plan, PlanError};
 use crate::preflight::{self, PreflightError};
+use crate::run_ca::{self, AuthorityError, RunAuthority};
 use crate::steps::{self, Context, StepError, Then};
 use crate::version::{EtcdState, Minor};
 
@@ -38,6 +39,8 @@ pub enum MigrateError {
     Step { step: plan::Step, source: Box<StepError> },
     #[error("recovering the unfinished step {step} failed: {source}")]
     Recovery { step: plan::Step, source: Box<StepError> },
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
     #[error("interrupted by {signal} during {step}: the next run resumes it")]
     Interrupted { signal: &'static str, step: plan::Step },
 }
@@ -144,8 +147,12 @@ async fn run(
     backup: &mut Option<PathBuf>,
 ) -> Result<EtcdState, MigrateError> {
     let target = config.target();
+    // Made when a hidden etcd is first needed (a run with nothing to do makes none), dropped (its files
+    // taken away) when the run returns, however it ends.
+    let mut authority = None;
     if let Some(mut unfinished) = journal::read(data_dir.path())? {
-        resume(&Context { config, data_dir: data_dir.changing() }, &mut unfinished).await?;
+        let authority = authority.insert(make_authority(config, data_dir)?);
+        resume(&Context { config, data_dir: data_dir.changing(), authority }, &mut unfinished).await?;
     }
     let facts = data_dir::inspect(data_dir.path())?;
     let current = match data_dir::current(data_dir.path(), &facts, config.assume_current, None)? {
@@ -185,8 +192,16 @@ async fn run(
     preflight::check(config, &plan)?;
     let preflight_ms = checking.elapsed().as_millis() as u64;
     info!(from = %current, to = %target, steps = plan.steps.len(), preflight_ms, "migrating");
-    run_steps(config, data_dir, &plan, backup).await?;
+    run_steps(config, data_dir, &plan, backup, authority).await?;
     Ok(target)
+}
+
+/// The run's certificate authority, in the data dir's state dir. Not a change to the data dir: it is
+/// taken away when the run ends, and a failure to make it takes away what it made.
+fn make_authority(config: &Config, data_dir: &DataDir) -> Result<RunAuthority, AuthorityError> {
+    let hosts = run_ca::url_hosts(&format!("{},{}", config.listen_client_urls, config.listen_peer_urls));
+    let path = data_dir.path();
+    RunAuthority::create(&data_dir::state_dir(path), &data_dir::authority_dir(path), &hosts)
 }
 
 /// The plan from `current` to the target, with the extra rules for a member of a cluster running at
@@ -240,6 +255,7 @@ async fn run_steps(
     data_dir: &DataDir,
     plan: &Plan,
     backup: &mut Option<PathBuf>,
+    mut authority: Option<RunAuthority>,
 ) -> Result<(), MigrateError> {
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
@@ -255,8 +271,12 @@ async fn run_steps(
             info!(path = %made.path.display(), bytes = made.bytes, files = made.files, "backup verified");
             *backup = Some(made.path);
         }
+        if authority.is_none() {
+            authority = Some(make_authority(config, data_dir)?);
+        }
+        let authority = authority.as_ref().expect("made above");
         let mut journal = Journal { step, backup: backup.clone(), rebuilt_inode: None };
-        let ctx = Context { config, data_dir: data_dir.changing() };
+        let ctx = Context { config, data_dir: data_dir.changing(), authority };
         journal::write(ctx.data_dir, &journal)?;
         info!(step = index + 1, of = plan.steps.len(), from = %at, to = %step.after(), "{} starting", step.name());
         let started = Instant::now();

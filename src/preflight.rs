@@ -7,9 +7,11 @@ use std::process::Command;
 use crate::backup;
 use crate::bundle::Bundle;
 use crate::config::Config;
+use crate::data_dir;
 use crate::etcd_process::{self, EtcdError};
 use crate::plan::{Plan, Step};
 use crate::release::{self, Tool, VersionQuery};
+use crate::run_ca;
 use crate::version::Version;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,10 @@ pub enum PreflightError {
         "{path} has {free} bytes free but the plan's backups need {needed}: free space or set --backup-dir"
     )]
     NoSpace { path: PathBuf, free: u64, needed: u64 },
+    #[error(
+        "{path} has {free} bytes free, too few for the run's certificate authority ({needed} bytes): free space on the data dir's volume"
+    )]
+    NoRoomForAuthority { path: PathBuf, free: u64, needed: u64 },
     #[error(transparent)]
     Port(#[from] EtcdError),
     #[error("cannot size {path}: {message}")]
@@ -59,7 +65,14 @@ pub fn check(config: &Config, plan: &Plan) -> Result<(), PreflightError> {
     check_space(backup_dir, size * backups)?;
     // A rebuilding step holds a second copy of the data in the data dir's work area.
     let rebuilds = plan.steps.iter().filter(|s| s.rebuilds()).count().min(1) as u64;
-    check_space(&config.data_dir, size * rebuilds)
+    check_space(&config.data_dir, size * rebuilds)?;
+    // Every hidden etcd is secured by the run's authority, kept in the data dir's state dir.
+    let authority = data_dir::authority_dir(&config.data_dir);
+    let free = free_bytes(&authority)?;
+    if free < run_ca::BYTES {
+        return Err(PreflightError::NoRoomForAuthority { path: authority, free, needed: run_ca::BYTES });
+    }
+    check_writable(&authority)
 }
 
 /// The one check every run makes, even one with nothing to do: the etcd it will exec is there. A stat,
@@ -103,15 +116,20 @@ fn check_writable(dir: &Path) -> Result<(), PreflightError> {
         .map_err(|e| PreflightError::NotWritable { path: dir.to_path_buf(), message: e.to_string() })
 }
 
+/// The bytes free where `dir` is (or will be made).
+fn free_bytes(dir: &Path) -> Result<u64, PreflightError> {
+    let stat = nix::sys::statvfs::statvfs(existing_ancestor(dir))
+        .map_err(|e| PreflightError::NotWritable { path: dir.to_path_buf(), message: e.to_string() })?;
+    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
 /// `path`, or its nearest ancestor that exists.
 fn existing_ancestor(path: &Path) -> &Path {
     path.ancestors().find(|dir| dir.exists()).unwrap_or(Path::new("."))
 }
 
 fn check_space(dir: &Path, needed: u64) -> Result<(), PreflightError> {
-    let stat = nix::sys::statvfs::statvfs(existing_ancestor(dir))
-        .map_err(|e| PreflightError::NotWritable { path: dir.to_path_buf(), message: e.to_string() })?;
-    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    let free = free_bytes(dir)?;
     if free < needed {
         Err(PreflightError::NoSpace { path: dir.to_path_buf(), free, needed })
     } else {

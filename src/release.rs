@@ -52,6 +52,10 @@ pub struct Capabilities {
     /// The lowest patch of the previous minor that etcd documents as safe to upgrade to this minor
     /// from; `None` where etcd documents none.
     pub upgrade_floor: Option<Version>,
+    /// Serves its client API over TLS (2.x: HTTP; 3.1 and later: HTTP and gRPC). 3.0 offers no HTTP/2 by
+    /// ALPN on a TLS listener, so its gRPC cannot be reached over TLS at all (measured on 3.0.17: its own
+    /// etcdctl fails, "transport is closing"); its hidden client listener stays plain on loopback.
+    pub client_tls: bool,
 }
 
 /// The patch of 3.5 that etcd's 3.5 → 3.6 upgrade guide requires of every member: 3.5.24 to 3.5.26 fix
@@ -86,6 +90,7 @@ pub fn capabilities(version: Version) -> Capabilities {
             (3, 6) => version >= Version::new(3, 6, 13),
             _ => false,
         },
+        client_tls: (major, minor) != (3, 0),
         upgrade_floor: match (major, minor) {
             (3, 6) => Some(FLOOR_FOR_3_6),
             (3, 7) => Some(FLOOR_FOR_3_7),

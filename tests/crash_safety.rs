@@ -157,6 +157,8 @@ fn sigterm_mid_step_stops_the_hidden_etcd_and_exits_non_zero() {
     let pause = Pause::at("etcd-3.5.16-healthy");
     let child = pause.spawn_paused(migrator);
     assert!(!processes_using(&data).is_empty(), "the hidden etcd runs on the data");
+    let authority = etcd_migrate::data_dir::authority_dir(&data);
+    assert!(authority.join("client.key").exists(), "the run's authority secures it");
     let sent = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
         .unwrap();
@@ -165,6 +167,7 @@ fn sigterm_mid_step_stops_the_hidden_etcd_and_exits_non_zero() {
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains("interrupted by SIGTERM"), "{}", stderr(&output));
     assert!(processes_using(&data).is_empty(), "the hidden etcd was stopped before exiting");
+    assert!(!authority.exists(), "the run's authority was taken away before exiting");
     assert_eq!(version_txt(&data), "3.4.23/etcd3", "the last completed step");
     let output = Migrator::new(&data, &peer).args(&["--target-version", "3.5.16", "--migrate-only"]).run();
     assert!(output.status.success(), "{}", stderr(&output));

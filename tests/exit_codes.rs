@@ -67,6 +67,29 @@ fn nothing() -> Box<dyn std::any::Any> {
     Box::new(())
 }
 
+/// The data dir's state dir (`.etcd-migrate`, the work area) on a tmpfs of its own, mounted with
+/// `options`, unmounted when dropped; `None` where this cannot mount (not root).
+struct StateDirMount(PathBuf);
+
+impl StateDirMount {
+    fn mount(data: &Path, options: &str) -> Option<StateDirMount> {
+        let state = data.join(".etcd-migrate");
+        fs::create_dir_all(&state).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("mode=0700,{options}"), "tmpfs"])
+            .arg(&state)
+            .status()
+            .is_ok_and(|status| status.success());
+        mounted.then_some(StateDirMount(state))
+    }
+}
+
+impl Drop for StateDirMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// Every way a run on real data refuses before changing anything (the input, the bundle, the machine,
 /// the plan): exit 2, one line naming what is wrong, the data dir byte for byte as it was, folders
 /// included, and nothing beside it.
@@ -81,7 +104,7 @@ fn every_refusal_exits_2_with_the_data_dir_byte_identical_folders_included() {
             (migrator, Box::new(()))
         })
     };
-    let refusals: Vec<(&str, &str, &str, Setup)> = vec![
+    let mut refusals: Vec<(&str, &str, &str, Setup)> = vec![
         ("a damaged version.txt", "3.5.16", "expected X.Y.Z/etcdN", version_txt_says("3.4/etcd3")),
         ("an unknown etcd", "3.5.16", "an etcd this migrator does not know", version_txt_says("9.9.9/etcd3")),
         (
@@ -156,6 +179,11 @@ fn every_refusal_exits_2_with_the_data_dir_byte_identical_folders_included() {
             }),
         ),
     ];
+    if std::os::unix::fs::MetadataExt::uid(&fs::metadata("/proc/self").unwrap()) == 0 {
+        refusals.extend(work_area_refusals());
+    } else {
+        cannot_run("mounting a read-only or a full work area needs root");
+    }
     for (what, target, says, setup) in refusals {
         let dir = TempDir::new("exit-walk");
         let data = dir.join("data");
@@ -164,6 +192,31 @@ fn every_refusal_exits_2_with_the_data_dir_byte_identical_folders_included() {
         let message = assert_exits_2_and_nothing_changed(&dir, migrator, target, says);
         assert_eq!(message.trim().lines().count(), 1, "{what}: one line: {message}");
     }
+}
+
+/// A work area (the data dir's `.etcd-migrate`) that cannot hold the run's certificate authority:
+/// read-only, or full.
+fn work_area_refusals() -> Vec<(&'static str, &'static str, &'static str, Setup)> {
+    vec![
+        (
+            "a read-only work area",
+            "3.5.16",
+            ".etcd-migrate/authority is not writable",
+            Box::new(|_, data, m| (m, Box::new(StateDirMount::mount(data, "ro,size=256k").unwrap()))),
+        ),
+        (
+            "a full work area",
+            "3.5.16",
+            "too few for the run's certificate authority",
+            Box::new(|_, data, m| {
+                let mounted = StateDirMount::mount(data, "size=256k").unwrap();
+                let mut filler = fs::File::create(data.join(".etcd-migrate/filler")).unwrap();
+                while std::io::Write::write_all(&mut filler, &[0; 4096]).is_ok() {}
+                drop(filler);
+                (m, Box::new(mounted))
+            }),
+        ),
+    ]
 }
 
 /// A data dir mounted by itself (as kubeadm's pod mounts it) keeps its backups inside its own volume

@@ -206,7 +206,7 @@ fn lease_runs_out_mid_downgrade(from: &str, to: &str, point: &str) {
         "--migrate-only",
     ]);
     let source = migrator.hidden_client_url.clone();
-    let gone = || etcdctl(from, &source, &["get", SHORT_LIVED]).is_empty();
+    let gone = || hidden_etcdctl(from, &source, &data, &["get", SHORT_LIVED]).is_empty();
     run_paused_until_gone(migrator, point, gone, keys.len() + 1);
     assert_eq!(version_txt(&data), format!("{to}/etcd3"));
     let etcd = TestEtcd::start_with(to, &data, "m", &peer, &[]);

@@ -225,10 +225,10 @@ fn a_lease_that_runs_out_in_a_copy_takes_only_its_own_keys() {
             .args(&["--target-version", to, "--target-storage", storage])
             .args(&["--downgrade-method", "logical", "--migrate-only"])
             .env("STORAGE_MEDIA_TYPE", "application/json");
-        let copy = Endpoint::new(&migrator.hidden_client_url, &TlsFiles::default()).unwrap();
+        let copy = migrator.hidden_client_url.clone();
         let gone = || match storage {
-            "etcd3" => etcdctl(to, copy.base_url(), &["get", SHORT_LIVED]).is_empty(),
-            _ => block_on(V2Client::new(copy.clone()).leaves("/registry"))
+            "etcd3" => hidden_etcdctl(to, &copy, &data, &["get", SHORT_LIVED]).is_empty(),
+            _ => block_on(V2Client::new(hidden_endpoint(&copy, &data)).leaves("/registry"))
                 .unwrap()
                 .iter()
                 .all(|leaf| leaf.key != SHORT_LIVED),

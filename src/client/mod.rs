@@ -1,8 +1,8 @@
 //! Clients for etcd over one `Endpoint`: HTTP (reqwest) for `/health`, `/version` and the v2 keys API,
 //! which have no gRPC equivalent; gRPC (`etcd-client`) for the v3 API.
 //!
-//! TLS material comes from the same etcd flags the operator gives the hidden etcd (`ETCD_CREDS`), so a
-//! secured member is checked with its own certificate, never with security turned off.
+//! TLS material: toward a hidden etcd, the run's authority (`run_ca`); toward a member's peers, the peer
+//! TLS files in the operator's etcd flags, so a secured cluster is asked with its own certificate.
 
 pub mod health;
 pub mod v2;
@@ -37,25 +37,16 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    /// Reads `--trusted-ca-file`, `--cert-file` and `--key-file` out of etcd flags, in any form etcd reads.
-    pub fn from_etcd_args(args: &[OsString]) -> TlsFiles {
-        TlsFiles::from_prefixed_etcd_args(args, "")
-    }
-
-    /// The same for the peer side: `--peer-trusted-ca-file`, `--peer-cert-file`, `--peer-key-file`, what
-    /// a member presents to its peers (and what asking a peer's `/version` takes).
+    /// Reads `--peer-trusted-ca-file`, `--peer-cert-file` and `--peer-key-file` out of etcd flags, in any
+    /// form etcd reads: what a member presents to its peers (and what asking a peer's `/version` takes).
+    /// (The hidden etcd's client side is the run's authority's: `run_ca`.)
     pub fn peer_from_etcd_args(args: &[OsString]) -> TlsFiles {
-        TlsFiles::from_prefixed_etcd_args(args, "peer-")
-    }
-
-    fn from_prefixed_etcd_args(args: &[OsString], prefix: &str) -> TlsFiles {
         let mut files = TlsFiles::default();
         for flag in etcd_flags::read(args) {
-            let Some(name) = flag.name.strip_prefix(prefix) else { continue };
-            let slot = match name {
-                "trusted-ca-file" => &mut files.ca,
-                "cert-file" => &mut files.cert,
-                "key-file" => &mut files.key,
+            let slot = match flag.name.as_str() {
+                "peer-trusted-ca-file" => &mut files.ca,
+                "peer-cert-file" => &mut files.cert,
+                "peer-key-file" => &mut files.key,
                 _ => continue,
             };
             *slot = flag.value.map(PathBuf::from);
@@ -154,22 +145,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_tls_files_from_etcd_flags_in_both_forms() {
-        let args: Vec<OsString> =
-            ["--cert-file=/c.pem", "-key-file", "/k.pem", "--client-cert-auth", "-trusted-ca-file=/ca.pem"]
-                .map(OsString::from)
-                .to_vec();
-        let files = TlsFiles::from_etcd_args(&args);
+    fn reads_peer_tls_files_from_etcd_flags_in_both_forms() {
+        let args: Vec<OsString> = [
+            "--peer-cert-file=/c.pem",
+            "-peer-key-file",
+            "/k.pem",
+            "--cert-file=/client.pem",
+            "--peer-client-cert-auth",
+            "-peer-trusted-ca-file=/ca.pem",
+        ]
+        .map(OsString::from)
+        .to_vec();
         assert_eq!(
-            files,
+            TlsFiles::peer_from_etcd_args(&args),
             TlsFiles { ca: Some("/ca.pem".into()), cert: Some("/c.pem".into()), key: Some("/k.pem".into()) }
         );
-        let peer_only: Vec<OsString> = ["--peer-cert-file=/p.pem"].map(OsString::from).to_vec();
-        assert_eq!(TlsFiles::from_etcd_args(&peer_only), TlsFiles::default());
-        assert_eq!(
-            TlsFiles::peer_from_etcd_args(&peer_only),
-            TlsFiles { cert: Some("/p.pem".into()), ..TlsFiles::default() }
-        );
-        assert_eq!(TlsFiles::peer_from_etcd_args(&args), TlsFiles::default());
+        let client_only: Vec<OsString> = ["--cert-file=/p.pem"].map(OsString::from).to_vec();
+        assert_eq!(TlsFiles::peer_from_etcd_args(&client_only), TlsFiles::default());
     }
 }

@@ -1,8 +1,8 @@
 //! The data directory: its lock, its layout, and what it holds.
 //!
 //! Besides etcd's own `member/`, the data dir holds `version.txt` and the migrator's state dir
-//! `.etcd-migrate/`: `journal.json` (the step under way) and `work/<step>/` (where rebuilding steps
-//! assemble a member). This module is the one place that names these paths. Keeping them inside the data
+//! `.etcd-migrate/`: `journal.json` (the step under way), `work/<step>/` (where rebuilding steps
+//! assemble a member) and `authority/` (the run's certificate authority, while it runs). This module is the one place that names these paths. Keeping them inside the data
 //! dir keeps them on the same file system as `member/`, so swapping a rebuilt member in is one atomic
 //! rename, and a crash can never leave a data dir that looks fresh while a step is unfinished.
 
@@ -24,6 +24,7 @@ pub const STATE_DIR: &str = ".etcd-migrate";
 const MEMBER_DIR: &str = "member";
 const JOURNAL: &str = "journal.json";
 const WORK_DIR: &str = "work";
+const AUTHORITY_DIR: &str = "authority";
 
 /// etcd 2.x data (a WAL and no v3 backend) was always written by the 2.2 line, as the original assumed.
 pub const ETCD2_ERA: EtcdState = EtcdState::new(Version::new(2, 2, 1), Storage::Etcd2);
@@ -160,6 +161,12 @@ pub fn state_dir(data_dir: &Path) -> PathBuf {
 /// dir, which backups leave out, so a backup never holds the ones before it.
 pub fn in_volume_backup_dir(data_dir: &Path) -> PathBuf {
     state_dir(data_dir).join("backups")
+}
+
+/// Where the run's certificate authority keeps its files (`run_ca`) while the run lasts: beside the work
+/// dirs, not among them, since those are cleared after every step.
+pub fn authority_dir(data_dir: &Path) -> PathBuf {
+    state_dir(data_dir).join(AUTHORITY_DIR)
 }
 
 /// The journal of the step under way (read by the read-only commands too, so it takes a plain path).

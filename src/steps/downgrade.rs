@@ -65,9 +65,8 @@ async fn by_snapshot(
     let etcd = ctx.start_healthy(source, Storage::Etcd3, ctx.data_dir.path()).await?;
     let (before, read_at) = keyspace(&etcd, LATEST).await?;
     faults::pause_async("downgrade-source-read").await;
-    let tls = &config.client_tls;
     Etcdctl::new(config.bundle.etcdctl(source), source)
-        .snapshot_save(etcd.endpoint().base_url(), tls, &snapshot, ETCDCTL_TIMEOUT)
+        .snapshot_save(etcd.endpoint(), &snapshot, ETCDCTL_TIMEOUT)
         .await?;
     ctx.stop(etcd).await?;
     info!(from = %from, keys = before.keys.count, "snapshot taken with etcd {source}");

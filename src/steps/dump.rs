@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::StepError;
 use super::leases::EXPIRY_MARGIN;
 use crate::client::v3::{KeyValue, LATEST, V3Client};
+use crate::durable;
 use crate::progress::{Progress, Unit};
 
 /// One key as the file keeps it.
@@ -57,7 +58,7 @@ impl Dump {
         path: &Path,
         mut visit: impl FnMut(&KeyValue) -> Result<(), StepError>,
     ) -> Result<Dump, StepError> {
-        let mut out = BufWriter::new(File::create(path).map_err(io_error("writing", path))?);
+        let mut out = BufWriter::new(durable::create_private(path).map_err(io_error("writing", path))?);
         let mut ttls: HashMap<i64, i64> = HashMap::new();
         let read_at = Instant::now();
         let progress = Progress::start("dumping keys", Unit::Keys, None);

@@ -11,6 +11,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::StepError;
+use crate::durable;
 use crate::verify::PairHash;
 
 const BUFFER: usize = 256 << 10;
@@ -50,7 +51,7 @@ impl Writer {
     pub fn create(dir: &Path, with_values: bool) -> io::Result<Writer> {
         let path = dir.join("expiring.keys");
         Ok(Writer {
-            file: BufWriter::with_capacity(BUFFER, File::create(&path)?),
+            file: BufWriter::with_capacity(BUFFER, durable::create_private(&path)?),
             path,
             with_values,
             count: 0,

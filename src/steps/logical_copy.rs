@@ -130,7 +130,7 @@ async fn restore_above(
     let snapshot = work.join("copy.db");
     let bump = (resumed_at + 1 - client.revision().await?).max(1) as u64;
     Etcdctl::new(config.bundle.etcdctl(to), to)
-        .snapshot_save(etcd.endpoint().base_url(), &config.client_tls, &snapshot, ETCDCTL_TIMEOUT)
+        .snapshot_save(etcd.endpoint(), &snapshot, ETCDCTL_TIMEOUT)
         .await?;
     ctx.stop(etcd).await?;
     let bumped = work.join("bumped");

@@ -22,8 +22,8 @@ use tracing::{info, warn};
 
 use crate::backup::BackupError;
 use crate::bbolt::BboltError;
-use crate::client::ClientError;
 use crate::client::v3::{self, V3Client};
+use crate::client::{ClientError, TlsFiles};
 use crate::cluster::{self, PeerVersions};
 use crate::config::Config;
 use crate::data_dir::journal::{self, Journal, JournalError};
@@ -34,6 +34,7 @@ use crate::etcdctl::{DowngradeInfo, EtcdctlError};
 use crate::faults;
 use crate::plan::Step;
 use crate::release;
+use crate::run_ca::{self, RunAuthority};
 use crate::swap;
 use crate::verify::{self, Contents, Summary};
 use crate::version::{Minor, Storage, Version};
@@ -135,30 +136,52 @@ const QUORUM_REPORT_EVERY: Duration = Duration::from_secs(5);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 const SETTLE_POLL: Duration = Duration::from_millis(500);
 
-/// What every step needs: the configuration and the locked data dir, open for changes (so a step
-/// cannot run on a data dir whose run would still exit 2, "nothing changed").
+/// What every step needs: the configuration, the locked data dir, open for changes (so a step
+/// cannot run on a data dir whose run would still exit 2, "nothing changed"), and the run's certificate
+/// authority, which secures every hidden etcd.
 pub struct Context<'a> {
     pub config: &'a Config,
     pub data_dir: Changing<'a>,
+    pub authority: &'a RunAuthority,
 }
 
 impl Context<'_> {
     /// How to start etcd `version` on `data_dir` as this member, on the hidden ports. The v2 API is turned
-    /// on for etcd2 data where a flag is needed for it (3.3–3.5; older releases always serve it).
+    /// on for etcd2 data where a flag is needed for it (3.3–3.5; older releases always serve it). Its
+    /// client listener, and a single member's peer listener, serve over TLS to holders of the run's
+    /// client certificate alone; a member of a cluster keeps the operator's peer URLs and TLS, which its
+    /// peers know it by. The URLs the data records (a new member's advertised peer URL) stay the
+    /// operator's: only the listener changes.
     pub fn etcd_spec(&self, version: Version, storage: Storage, data_dir: &Path) -> EtcdSpec {
         let config = self.config;
+        let single_member = !config.is_cluster_member();
+        let listen_peer_urls = match single_member {
+            true => run_ca::https_urls(&config.listen_peer_urls),
+            false => config.listen_peer_urls.clone(),
+        };
+        let client_tls = release::capabilities(version).client_tls;
+        let (listen_client_urls, client_files) = match client_tls {
+            true => (run_ca::https_urls(&config.listen_client_urls), self.authority.client().clone()),
+            false => {
+                warn!(
+                    "etcd {version} cannot serve gRPC over TLS: its hidden client listener is plain loopback"
+                );
+                (config.listen_client_urls.clone(), TlsFiles::default())
+            }
+        };
         EtcdSpec {
             binary: config.bundle.etcd(version),
             version,
             data_dir: data_dir.to_path_buf(),
             name: config.name.clone(),
-            listen_client_urls: config.listen_client_urls.clone(),
-            listen_peer_urls: config.listen_peer_urls.clone(),
+            listen_client_urls,
+            listen_peer_urls,
             initial_advertise_peer_urls: config.initial_advertise_peer_urls.clone(),
             initial_cluster: config.initial_cluster.clone(),
             initial_cluster_state: None,
             enable_v2: storage == Storage::Etcd2 && release::capabilities(version).enable_v2_flag,
-            extra_args: config.extra_args.clone(),
+            extra_args: self.authority.hidden_etcd_args(&config.extra_args, single_member, client_tls),
+            client_tls: client_files,
             lone_member: !config.is_cluster_member(),
         }
     }

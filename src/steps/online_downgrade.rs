@@ -93,23 +93,22 @@ async fn lower_storage_version(
     target: Minor,
 ) -> Result<(), StepError> {
     let etcdctl = Etcdctl::new(ctx.config.bundle.etcdctl(source), source);
-    let tls = &ctx.config.client_tls;
-    let url = etcd.endpoint().base_url();
+    let endpoint = etcd.endpoint();
     let lowered = Version::new(target.major, target.minor, 0).to_string();
-    let status = etcdctl.storage_status(url, tls, ETCDCTL_TIMEOUT).await?;
+    let status = etcdctl.storage_status(endpoint, ETCDCTL_TIMEOUT).await?;
     // A later member of a rolling downgrade finds the job on, or already ended by etcd once every other
     // member ran the target (this one is then rerunning a step a kill cut short): nothing to enable.
     let cluster_lowered =
         ctx.config.is_cluster_member() && v3::versions(etcd.endpoint()).await?.cluster == lowered;
     if !downgrading_to(&status, &lowered) && !cluster_lowered {
         for action in ["validate", "enable"] {
-            etcdctl.downgrade(url, tls, action, target, ETCDCTL_TIMEOUT).await?;
+            etcdctl.downgrade(endpoint, action, target, ETCDCTL_TIMEOUT).await?;
         }
         info!(target = %target, "downgrade enabled on etcd {source}");
         faults::pause_async("online-downgrade-enabled").await;
     }
     let check = async || {
-        let status = etcdctl.storage_status(url, tls, ETCDCTL_TIMEOUT).await?;
+        let status = etcdctl.storage_status(endpoint, ETCDCTL_TIMEOUT).await?;
         // Both: a newer member stopped before it raised the storage version leaves it at the target
         // already, while the cluster version its WAL records would still make the older minor refuse.
         let cluster = v3::versions(etcd.endpoint()).await?.cluster;

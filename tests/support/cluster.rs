@@ -190,6 +190,7 @@ impl Cluster {
             enable_v2: false,
             extra_args: self.tls.iter().map(Into::into).collect(),
             lone_member: false,
+            client_tls: self.tls_files.clone(),
         }
     }
 
@@ -252,8 +253,11 @@ impl Cluster {
 
     /// The migrator for `member`, with the member's real identity, TLS and a hidden client URL.
     pub fn migrator(&self, member: &Member, target: &str) -> Migrator {
-        let hidden = format!("{}://127.0.0.1:{}", self.scheme, free_port());
-        let migrator = Migrator::new(&member.data, &member.peer);
+        let hidden_port = free_port();
+        let hidden = format!("{}://127.0.0.1:{hidden_port}", self.scheme);
+        let mut migrator = Migrator::new(&member.data, &member.peer);
+        // Served over TLS by the run's authority, whatever the scheme asked.
+        migrator.hidden_client_url = format!("https://127.0.0.1:{hidden_port}");
         let migrator = match &member.netns {
             Some(host) => migrator.in_netns(host),
             None => migrator,

@@ -22,8 +22,9 @@ use etcd_migrate::bundle::Bundle;
 use etcd_migrate::client::v2::V2Client;
 use etcd_migrate::client::v3::{KeyValue, LATEST, V3Client, connect_options};
 use etcd_migrate::client::{ClientError, Endpoint, TlsFiles, health};
+use etcd_migrate::data_dir::authority_dir;
 use etcd_migrate::etcd_process::{EtcdError, EtcdProcess, EtcdSpec};
-use etcd_migrate::release;
+use etcd_migrate::{release, run_ca};
 use sha2::{Digest, Sha256};
 
 /// The releases the package registries serve (Debian's and PyPI's), which `image/fetch-etcd.sh` fetches
@@ -206,7 +207,7 @@ impl TestEtcd {
         }
         args.extend(["--".into(), key.into(), value.into()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_etcdctl(&self.version, "2", &self.client_url, &args);
+        run_etcdctl(&self.version, "2", &self.client_url, &TlsFiles::default(), &args);
     }
 
     /// Every v3 key and value.
@@ -261,6 +262,7 @@ pub fn etcd_spec(version: &str, data_dir: &Path, name: &str, peer_url: &str, ext
         enable_v2: release::capabilities(release_version).enable_v2_flag,
         extra_args: extra.iter().map(Into::into).collect(),
         lone_member: true,
+        client_tls: TlsFiles::default(),
     }
 }
 
@@ -295,18 +297,34 @@ pub fn listening_sockets() -> String {
 
 /// Runs etcdctl (v3 API) against `url`, failing the test if it fails; always with a timeout.
 pub fn etcdctl(version: &str, url: &str, args: &[&str]) -> String {
-    run_etcdctl(version, "3", url, args)
+    run_etcdctl(version, "3", url, &TlsFiles::default(), args)
 }
 
-fn run_etcdctl(version: &str, api: &str, url: &str, args: &[&str]) -> String {
+/// What a migrator running on `data_dir` presents to its hidden etcds and trusts them by: its run's
+/// authority, there while it runs.
+pub fn run_authority(data_dir: &Path) -> TlsFiles {
+    run_ca::client_files(&authority_dir(data_dir))
+}
+
+/// The hidden etcd at `url` of a migrator running (paused) on `data_dir`, reached with its run's authority.
+pub fn hidden_endpoint(url: &str, data_dir: &Path) -> Endpoint {
+    Endpoint::new(url, &run_authority(data_dir)).unwrap()
+}
+
+/// [`etcdctl`] against the hidden etcd at `url` of a migrator running on `data_dir`.
+pub fn hidden_etcdctl(version: &str, url: &str, data_dir: &Path, args: &[&str]) -> String {
+    run_etcdctl(version, "3", url, &run_authority(data_dir), args)
+}
+
+fn run_etcdctl(version: &str, api: &str, url: &str, tls: &TlsFiles, args: &[&str]) -> String {
     let mut command = Command::new("timeout");
-    command
-        .arg("20")
-        .arg(etcdctl_binary(version))
-        .env("ETCDCTL_API", api)
-        .arg("--endpoints")
-        .arg(url)
-        .args(args);
+    command.arg("20").arg(etcdctl_binary(version)).env("ETCDCTL_API", api).arg("--endpoints").arg(url);
+    for (flag, path) in [("--cacert", &tls.ca), ("--cert", &tls.cert), ("--key", &tls.key)] {
+        if let Some(path) = path {
+            command.arg(flag).arg(path);
+        }
+    }
+    command.args(args);
     let output = command.output().unwrap();
     assert!(output.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap()
@@ -411,7 +429,7 @@ pub fn tree_fingerprint(dir: &Path) -> BTreeMap<String, String> {
 /// own, and the member identity `m` at `peer_url`.
 pub struct Migrator {
     pub command: Command,
-    /// Where its hidden etcd serves clients.
+    /// Where its hidden etcd serves clients (TLS: [`hidden_endpoint`]).
     pub hidden_client_url: String,
 }
 
@@ -432,7 +450,7 @@ impl Migrator {
             .args(["--initial-advertise-peer-urls", peer_url, "--initial-cluster", &format!("m={peer_url}")])
             .args(["--health-timeout", "60s"])
             .stdin(Stdio::null());
-        Migrator { command, hidden_client_url: format!("http://127.0.0.1:{hidden_port}") }
+        Migrator { command, hidden_client_url: format!("https://127.0.0.1:{hidden_port}") }
     }
 
     /// The same run inside network namespace `ns` (`ip netns exec` execs it: the same process), with the
