@@ -39,6 +39,20 @@ pub fn create_private(path: &Path) -> io::Result<File> {
     OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
 }
 
+/// Makes what `command` (a hidden etcd, etcdctl, etcdutl) creates its user's alone: umask 077, set
+/// between fork and exec. etcd makes its own files 0600, but a `snapshot restore` writes its `.snap`
+/// file with whatever the umask leaves (0644 under the usual 022), and a restored member holds every
+/// value. The migrator's own umask, which the exec'd etcd inherits, is left as the operator set it.
+pub fn owner_only_files(command: &mut tokio::process::Command) {
+    // SAFETY: umask is async-signal-safe and touches no memory of ours.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+}
+
 /// `.<name>.tmp` beside `path`: in the same directory, so the rename is atomic.
 fn temp_path(path: &Path) -> io::Result<PathBuf> {
     let name =

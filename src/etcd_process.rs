@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::client::{ClientError, Endpoint, TlsFiles, health, v3};
+use crate::durable;
 use crate::etcd_flags::{self, flag_arg};
 use crate::release;
 use crate::version::Version;
@@ -191,6 +192,7 @@ impl EtcdProcess {
                 Ok(())
             });
         }
+        durable::owner_only_files(&mut command);
         let mut child =
             command.spawn().map_err(|source| EtcdError::Spawn { binary: spec.binary.clone(), source })?;
         let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_LINES_KEPT)));

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use crate::client::Endpoint;
+use crate::durable;
 use crate::progress::Progress;
 use crate::release;
 use crate::version::{Minor, Version};
@@ -83,6 +84,7 @@ impl Etcdctl {
         let mut command = Command::new(&self.binary);
         command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         command.kill_on_drop(true);
+        durable::owner_only_files(&mut command);
         for (key, _) in std::env::vars_os() {
             let key_text = key.to_string_lossy();
             if key_text.starts_with("ETCD_") || key_text.starts_with("ETCDCTL_") {
