@@ -67,9 +67,12 @@ impl Bundle {
         self.versions.iter().copied().filter(|v| v.minor() == minor).max()
     }
 
-    /// The newest present release that `can` do something (asked of `release::capabilities`).
-    pub fn newest_that(&self, can: impl Fn(Capabilities) -> bool) -> Option<Version> {
-        self.versions.iter().rev().copied().find(|&v| can(release::capabilities(v)) && self.is_present(v))
+    /// The newest present patch of the oldest minor with a present release that `can` do something
+    /// (asked of `release::capabilities`): the nearest release to an older one that can.
+    pub fn nearest_that(&self, can: impl Fn(Capabilities) -> bool) -> Option<Version> {
+        let able = |v: Version| can(release::capabilities(v)) && self.is_present(v);
+        let oldest = self.versions.iter().copied().find(|&v| able(v))?;
+        self.versions.iter().rev().copied().find(|&v| v.minor() == oldest.minor() && able(v))
     }
 
     /// `<bin-dir>/<tool>-X.Y.Z`, as the image bundles each release's tools.

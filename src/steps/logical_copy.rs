@@ -11,10 +11,11 @@
 //! last saw, + 1: a copy at a lower revision would leave it waiting silently for revisions that come much
 //! later, its lists stale. So the copy ends above the source's revision with everything below compacted,
 //! as `etcdutl snapshot restore --bump-revision --mark-compacted` leaves a restored member (etcd issue
-//! 16028): a resumed watch is answered "compacted" and its client relists, seeing every key. The newest
-//! bundled etcdutl that can ([`restore_bumps_revision`](crate::release::Capabilities)) restores a snapshot
-//! of the copy, which the older target opens (3.4.23 and 3.3.25 with etcdutl 3.5.30, measured); its cost
-//! does not grow with the revision. Without such an etcdutl, or for a target not measured to open what it
+//! 16028): a resumed watch is answered "compacted" and its client relists, seeing every key. The bundled
+//! etcdutl nearest to the target that can ([`restore_bumps_revision`](crate::release::Capabilities): the
+//! newest patch of the oldest such minor, 3.5 where it is bundled) restores a snapshot of the copy, which
+//! the older target opens (3.4.23 and 3.3.25 with etcdutl 3.5.30, measured); its cost does not grow with
+//! the revision. Without such an etcdutl, or for a target not measured to open what it
 //! writes (3.0–3.2), the copy's revision is raised through the API, one transaction per revision, and
 //! compacted there.
 
@@ -75,7 +76,7 @@ pub async fn rebuild(
     let resumed_at = dump.revision + 1;
     let etcdutl = release::capabilities(to.version)
         .opens_newer_restore
-        .then(|| ctx.config.bundle.newest_that(|can| can.restore_bumps_revision))
+        .then(|| ctx.config.bundle.nearest_that(|can| can.restore_bumps_revision))
         .flatten();
     let (etcd, copied) = match etcdutl {
         Some(etcdutl) => restore_above(ctx, etcd, &client, to.version, etcdutl, resumed_at, work).await?,
