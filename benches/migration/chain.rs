@@ -37,7 +37,7 @@ impl Bench {
         );
         let needed: Vec<&str> = ["2.2.1"].iter().chain(&RELEASES).copied().collect();
         if let Some(not_run) = self.not_run(&needed) {
-            return (what, not_run, "≤ 1.5".into());
+            return (what, not_run, "≤ 1.3".into());
         }
         let peer = free_port();
         let fixture = self.etcd2_lineage_fixture(peer);
@@ -66,7 +66,7 @@ impl Bench {
                 ours / floor,
                 RELEASES.len()
             ),
-            "≤ 1.5".into(),
+            "≤ 1.3".into(),
         )
     }
 }
