@@ -77,11 +77,6 @@ impl Version {
     pub fn build(&self) -> &'static str {
         self.suffix.as_str().split_once('+').map_or("", |(_, build)| build)
     }
-
-    /// A pre-release (`3.4.13-rc.0`): never a bundled release unless its own `etcd-3.4.13-rc.0` is there.
-    pub fn is_pre_release(&self) -> bool {
-        !self.pre().is_empty()
-    }
 }
 
 impl Ord for Version {
@@ -370,7 +365,6 @@ mod tests {
             let version: Version = text.parse().unwrap();
             assert_eq!((version.pre(), version.build()), (pre, build), "{text}");
             assert_eq!(version.to_string(), text);
-            assert_eq!(version.is_pre_release(), !pre.is_empty());
         }
         let state: EtcdState = "3.4.13-rc.0/etcd3".parse().unwrap();
         assert_eq!(state.to_string(), "3.4.13-rc.0/etcd3");

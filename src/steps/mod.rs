@@ -159,7 +159,8 @@ impl Context<'_> {
             true => run_ca::https_urls(&config.listen_peer_urls),
             false => config.listen_peer_urls.clone(),
         };
-        let client_tls = release::capabilities(version).client_tls;
+        let can = release::capabilities(version);
+        let client_tls = can.client_tls;
         let (listen_client_urls, client_files) = match client_tls {
             true => (run_ca::https_urls(&config.listen_client_urls), self.authority.client().clone()),
             false => {
@@ -179,10 +180,10 @@ impl Context<'_> {
             initial_advertise_peer_urls: config.initial_advertise_peer_urls.clone(),
             initial_cluster: config.initial_cluster.clone(),
             initial_cluster_state: None,
-            enable_v2: storage == Storage::Etcd2 && release::capabilities(version).enable_v2_flag,
+            enable_v2: storage == Storage::Etcd2 && can.enable_v2_flag,
             extra_args: self.authority.hidden_etcd_args(&config.extra_args, single_member, client_tls),
             client_tls: client_files,
-            lone_member: !config.is_cluster_member(),
+            lone_member: single_member,
         }
     }
 
